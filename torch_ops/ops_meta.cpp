@@ -34,4 +34,10 @@ TORCH_LIBRARY_IMPL(lwq, Meta, m) {
   m.impl("w8a8_linear", &w8a8_linear_meta);
 }
 
+// LibTorch 1.13 has no default fallthrough for AutogradMeta: without this, meta calls stop there.
+TORCH_LIBRARY_IMPL(lwq, AutogradMeta, m) {
+  m.impl("woq_linear", torch::CppFunction::makeFallthrough());
+  m.impl("w8a8_linear", torch::CppFunction::makeFallthrough());
+}
+
 }  // namespace lwq

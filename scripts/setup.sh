@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Installs every Debian package lwq needs to build, test and run. Safe to run again: it installs only what is
+# missing. Needs root (or sudo) on Debian bookworm.
+set -euo pipefail
+
+packages=(
+  build-essential cmake git ccache
+  libtorch-dev python3-torch      # LibTorch 1.13 (C++) and the system Python's torch (/usr/bin/python3)
+  libopenblas0-openmp             # fast BLAS for libtorch: without it fp32 GEMM runs ~20x slower
+  nlohmann-json3-dev libfmt-dev
+  libgtest-dev libgmock-dev googletest
+  python3-pytest python3-numpy
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing ${missing[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+else
+  echo "setup: all packages present"
+fi
+
+# Debian's libtorch uses whichever libblas.so.3 is selected: make sure it is OpenBLAS (OpenMP flavour).
+arch_dir=/usr/lib/$(dpkg-architecture -qDEB_HOST_MULTIARCH 2>/dev/null || echo x86_64-linux-gnu)
+for lib in libblas.so.3 liblapack.so.3; do
+  target="$arch_dir/openblas-openmp/$lib"
+  alt="$lib-$(basename "$arch_dir")"
+  if [ -e "$target" ] && [ "$(readlink -f "$arch_dir/$lib")" != "$(readlink -f "$target")" ]; then
+    $SUDO update-alternatives --set "$alt" "$target" >/dev/null
+    echo "setup: $lib -> $target"
+  fi
+done
