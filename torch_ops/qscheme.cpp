@@ -154,22 +154,33 @@ at::Tensor dequantize_rows(const at::Tensor& q, const at::Tensor& scale, const a
 GroupwiseQ quantize_groupwise(const at::Tensor& w, const DtypeInfo& info, bool sym, int64_t group_size,
                               double clip) {
   TORCH_CHECK(w.dim() == 2, "weight must be 2-D [out, in], got shape ", w.sizes());
+  const at::Tensor c = at::full({w.size(0), group_count(group_size, w.size(1))}, clip, at::kFloat);
+  return quantize_groupwise(w, info, sym, group_size, c);
+}
+
+GroupwiseQ quantize_groupwise(const at::Tensor& w, const DtypeInfo& info, bool sym, int64_t group_size,
+                              const at::Tensor& clip) {
+  TORCH_CHECK(w.dim() == 2, "weight must be 2-D [out, in], got shape ", w.sizes());
   const int64_t n = w.size(0), k = w.size(1);
   const int64_t g = effective_group_size(group_size, k);
   const int64_t full = k / g, tail = k - full * g;
+  TORCH_CHECK(clip.dim() == 2 && clip.size(0) == n && clip.size(1) == full + (tail > 0),
+              "clip must have shape [", n, ", ", full + (tail > 0), "] (one ratio per group), got ", clip.sizes());
   const at::Tensor wf = w.to(at::kFloat).contiguous();
+  const at::Tensor cf = clip.to(at::kFloat);
   GroupwiseQ out;
   std::vector<at::Tensor> q_parts, s_parts, z_parts;
   // Full groups as rows of a [out * full, g] block, then the ragged tail as its own [out, tail] block.
-  auto run = [&](const at::Tensor& block, int64_t groups, int64_t width) {
-    const at::Tensor rows = block.reshape({n * groups, width});
-    const QParams p = compute_qparams(rows, info, sym, clip);
+  auto run = [&](int64_t first_col, int64_t groups, int64_t width, int64_t first_group) {
+    const at::Tensor rows = wf.narrow(1, first_col, groups * width).reshape({n * groups, width});
+    const at::Tensor rows_clip = cf.narrow(1, first_group, groups).reshape({n * groups});
+    const QParams p = compute_qparams(rows, info, sym, rows_clip);
     q_parts.push_back(quantize_rows(rows, p.scale, p.zero, info, sym).view({n, groups * width}));
     s_parts.push_back(p.scale.view({n, groups}));
     if (p.zero.defined()) z_parts.push_back(p.zero.view({n, groups}));
   };
-  if (full > 0) run(wf.narrow(1, 0, full * g), full, g);
-  if (tail > 0) run(wf.narrow(1, full * g, tail).contiguous(), 1, tail);
+  if (full > 0) run(0, full, g, 0);
+  if (tail > 0) run(full * g, 1, tail, full);
   out.q = at::cat(q_parts, 1);
   out.scales = at::cat(s_parts, 1);
   if (!z_parts.empty()) out.zeros = at::cat(z_parts, 1);

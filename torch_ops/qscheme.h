@@ -71,6 +71,9 @@ struct GroupwiseQ {
 };
 GroupwiseQ quantize_groupwise(const at::Tensor& w, const DtypeInfo& info, bool sym, int64_t group_size,
                               double clip = 1.0);
+// The same with one clip ratio per group: clip fp32 [out, n_groups] in (0, 1] (e.g. from a clip search).
+GroupwiseQ quantize_groupwise(const at::Tensor& w, const DtypeInfo& info, bool sym, int64_t group_size,
+                              const at::Tensor& clip);
 // Float values of a GroupwiseQ (fake quantization), fp32 [out, in].
 at::Tensor dequantize_groupwise(const GroupwiseQ& gq, const DtypeInfo& info, bool sym, int64_t group_size);
 
