@@ -1,0 +1,334 @@
+// The AVX2 weight-only GEMM against the scalar reference (torch-free: random codes packed with pack_codes into a
+// WeightView built here), and lwq::woq_linear against x @ dequantize().T through PackedWeight.
+//
+// Tolerance. Both AVX2 paths accumulate in fp32; the decode path sums code * x and subtracts zero * sum(x) per
+// group, so its rounding scales with the size of the codes, not of the weights. With
+//   B[m, n] = sum_k |x[m, k]| * |scale(n, k)| * (|code - zero| + |zero|)      (integers)
+//   B[m, n] = sum_k |x[m, k] * w[n, k]|                                        (nf4 / fp4)
+// we require |y - y_ref| <= kRelTol * B + kAbsTol.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <cstring>
+#include <random>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "kernels/format.h"
+#include "kernels/woq_gemm_avx2.h"
+#include "ops.h"
+
+namespace lwq {
+namespace {
+
+using kernels::Codebook;
+using kernels::WeightView;
+using kernels::WoqPath;
+
+constexpr double kRelTol = 1e-5;
+constexpr double kAbsTol = 1e-6;
+
+// Group layouts: -1 = one group per row, G > 0 = uniform groups of G, kNonUniform = random nondecreasing groups.
+constexpr int64_t kNonUniform = 0;
+
+// A random packed weight with the storage a WeightView points to.
+struct RandomWeight {
+  std::vector<uint8_t> codes;  // [N, K]
+  std::vector<uint8_t> packed;
+  std::vector<float> scales;     // [n_groups, N_pad]
+  std::vector<uint8_t> zeros;    // [n_groups, N_pad] or empty
+  std::vector<int32_t> col_group;  // [K_pad]
+  WeightView view;
+};
+
+RandomWeight make_weight(int bits, Codebook cb, bool asym, int64_t group, int64_t N, int64_t K, std::mt19937& rng) {
+  RandomWeight rw;
+  WeightView& v = rw.view;
+  v.N = N;
+  v.K = K;
+  v.N_pad = kernels::padded_rows(N);
+  v.K_pad = kernels::padded_cols(K, bits);
+  v.bits = bits;
+  v.codebook = cb;
+  std::uniform_int_distribution<int> code(0, (1 << bits) - 1);
+  rw.codes.resize(N * K);
+  for (auto& c : rw.codes) c = static_cast<uint8_t>(code(rng));
+  rw.packed.resize(kernels::packed_bytes(N, K, bits));
+  kernels::pack_codes(rw.codes.data(), N, K, bits, rw.packed.data());
+
+  rw.col_group.resize(v.K_pad);
+  if (group == kNonUniform) {
+    // Act-order style: groups of random sizes (some empty), boundaries anywhere.
+    v.n_groups = 1 + K / 9;
+    std::uniform_int_distribution<int> g(0, static_cast<int>(v.n_groups - 1));
+    for (int64_t k = 0; k < K; ++k) rw.col_group[k] = g(rng);
+    std::sort(rw.col_group.begin(), rw.col_group.begin() + K);
+    v.uniform_group = 0;
+  } else {
+    const int64_t G = group == -1 ? K : group;
+    v.n_groups = (K + G - 1) / G;
+    for (int64_t k = 0; k < K; ++k) rw.col_group[k] = static_cast<int32_t>(k / G);
+    v.uniform_group = G;
+  }
+  for (int64_t k = K; k < v.K_pad; ++k) rw.col_group[k] = rw.col_group[K - 1];
+
+  std::uniform_real_distribution<float> mag(0.25f, 1.5f);
+  std::bernoulli_distribution neg(0.2);  // int4_fullrange stores negative scales
+  rw.scales.assign(v.n_groups * v.N_pad, 0.0f);
+  if (asym) rw.zeros.assign(v.n_groups * v.N_pad, 0);
+  for (int64_t g = 0; g < v.n_groups; ++g)
+    for (int64_t n = 0; n < N; ++n) {
+      rw.scales[g * v.N_pad + n] = mag(rng) * (neg(rng) ? -1.0f : 1.0f);
+      if (asym) rw.zeros[g * v.N_pad + n] = static_cast<uint8_t>(code(rng));
+    }
+  v.qweight = rw.packed.data();
+  v.scales = rw.scales.data();
+  v.zeros = asym ? rw.zeros.data() : nullptr;
+  v.col_group = rw.col_group.data();
+  return rw;
+}
+
+// x [M, K_pad] with zeros past K, values of both signs.
+std::vector<float> make_x(int64_t M, int64_t K, int64_t K_pad, std::mt19937& rng) {
+  std::normal_distribution<float> d(0.0f, 1.0f);
+  std::vector<float> x(M * K_pad, 0.0f);
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t k = 0; k < K; ++k) x[m * K_pad + k] = d(rng);
+  return x;
+}
+
+// B of the header comment.
+std::vector<double> error_bound(const RandomWeight& rw, const std::vector<float>& x, int64_t M) {
+  const WeightView& v = rw.view;
+  const float* table = kernels::codebook_table(v.codebook);
+  std::vector<double> b(M * v.N, 0.0);
+  for (int64_t n = 0; n < v.N; ++n)
+    for (int64_t k = 0; k < v.K; ++k) {
+      const int64_t g = rw.col_group[k];
+      const double s = std::fabs(rw.scales[g * v.N_pad + n]);
+      const int c = rw.codes[n * v.K + k];
+      double mag;
+      if (table) {
+        mag = s * std::fabs(table[c]);
+      } else {
+        const int z = v.zeros ? v.zeros[g * v.N_pad + n] : kernels::sym_zero(v.bits);
+        mag = s * (std::abs(c - z) + std::abs(z));
+      }
+      for (int64_t m = 0; m < M; ++m) b[m * v.N + n] += std::fabs(x[m * v.K_pad + k]) * mag;
+    }
+  return b;
+}
+
+std::string describe(int bits, Codebook cb, bool asym, int64_t group, int64_t M, int64_t N, int64_t K) {
+  std::ostringstream os;
+  os << "bits " << bits << " codebook " << static_cast<int>(cb) << (asym ? " asym" : " sym") << " group "
+     << (group == kNonUniform ? std::string("non-uniform") : std::to_string(group)) << " M " << M << " N " << N
+     << " K " << K;
+  return os.str();
+}
+
+struct Layout {
+  int bits;
+  Codebook cb;
+  bool asym;
+};
+const std::vector<Layout> kLayouts = {
+    {8, Codebook::Int, false}, {8, Codebook::Int, true}, {4, Codebook::Int, false}, {4, Codebook::Int, true},
+    {3, Codebook::Int, false}, {3, Codebook::Int, true}, {2, Codebook::Int, false}, {2, Codebook::Int, true},
+    {4, Codebook::NF4, false}, {4, Codebook::FP4, false}};
+const std::vector<int64_t> kGroups = {-1, 32, 64, 128, 20, kNonUniform};
+
+// Runs one case through the reference, both explicit paths and the M-chosen entry point; returns the worst
+// error / bound ratio seen.
+double check_case(int bits, Codebook cb, bool asym, int64_t group, int64_t M, int64_t N, int64_t K, bool with_bias,
+                  std::mt19937& rng) {
+  const RandomWeight rw = make_weight(bits, cb, asym, group, N, K, rng);
+  const WeightView& v = rw.view;
+  const std::vector<float> x = make_x(M, K, v.K_pad, rng);
+  std::vector<float> bias(N);
+  std::normal_distribution<float> d(0.0f, 1.0f);
+  for (auto& b : bias) b = d(rng);
+  const float* bp = with_bias ? bias.data() : nullptr;
+  const int64_t tiles = v.N_pad / kernels::kTileN;
+  // y has a wider row stride than N, with a sentinel that must survive (only columns < N are written).
+  const int64_t ldy = N + 3;
+  const float kSentinel = 12345.0f;
+  std::vector<float> ref(M * ldy, kSentinel);
+  kernels::woq_gemm_ref(v, x.data(), M, v.K_pad, bp, ref.data(), ldy, 0, tiles);
+  const std::vector<double> bound = error_bound(rw, x, M);
+  const std::string what = describe(bits, cb, asym, group, M, N, K) + (with_bias ? " bias" : "");
+  double worst = 0.0;
+  for (int variant = 0; variant < 3; ++variant) {
+    std::vector<float> y(M * ldy, kSentinel);
+    if (variant == 2)
+      kernels::woq_gemm_avx2(v, x.data(), M, v.K_pad, bp, y.data(), ldy, 0, tiles);
+    else
+      kernels::woq_gemm_avx2_path(v, x.data(), M, v.K_pad, bp, y.data(), ldy, 0, tiles,
+                                  variant == 0 ? WoqPath::Decode : WoqPath::Blocked);
+    int failures = 0;
+    for (int64_t m = 0; m < M; ++m) {
+      for (int64_t n = 0; n < ldy; ++n) {
+        const float got = y[m * ldy + n], want = ref[m * ldy + n];
+        if (n >= N) {
+          if (got != kSentinel && ++failures <= 3) ADD_FAILURE() << what << ": wrote past N at m " << m << " n " << n;
+          continue;
+        }
+        const double b = bound[m * N + n];
+        const double err = std::fabs(static_cast<double>(got) - want);
+        if (b > 0) worst = std::max(worst, err / b);
+        if (!(err <= kRelTol * b + kAbsTol) && ++failures <= 3)
+          ADD_FAILURE() << what << " variant " << variant << ": y[" << m << "," << n << "] = " << got << ", ref "
+                        << want << ", bound " << b;
+      }
+    }
+  }
+  return worst;
+}
+
+TEST(WoqKernel, Avx2MatchesReferenceOnAwkwardShapes) {
+  if (!kernels::cpu_has_avx2_fma()) GTEST_SKIP() << "CPU without AVX2/FMA (or LWQ_FORCE_REF set)";
+  std::mt19937 rng(20240611);
+  // (M, N, K): odd N and K, K below and not a multiple of the group sizes, one-column weights.
+  const std::vector<std::array<int64_t, 3>> shapes = {
+      {1, 7, 13}, {2, 13, 100}, {3, 33, 172}, {7, 1, 257}, {1, 16, 1}, {5, 9, 64}, {64, 13, 257}, {300, 7, 100}};
+  double worst = 0.0;
+  int bias_toggle = 0;
+  for (const Layout& l : kLayouts)
+    for (int64_t group : kGroups)
+      for (const auto& s : shapes)
+        worst = std::max(worst, check_case(l.bits, l.cb, l.asym, group, s[0], s[1], s[2], (++bias_toggle % 2) == 0, rng));
+  // The bound must be meaningful, not vacuous: fp32 rounding shows up at well below the tolerance.
+  EXPECT_GT(worst, 0.0);
+  EXPECT_LT(worst, kRelTol);
+  std::cout << "[ info ] worst |y - y_ref| / B = " << worst << "\n";
+}
+
+TEST(WoqKernel, Avx2LargeGroupsMatchReference) {
+  if (!kernels::cpu_has_avx2_fma()) GTEST_SKIP() << "CPU without AVX2/FMA (or LWQ_FORCE_REF set)";
+  std::mt19937 rng(77);
+  // Long K: several 256-column panels of the blocked path, groups spanning panels, a ragged last group.
+  for (const Layout& l : kLayouts)
+    for (int64_t group : {int64_t(-1), int64_t(128), int64_t(96)}) {
+      check_case(l.bits, l.cb, l.asym, group, 2, 24, 1000, true, rng);
+      check_case(l.bits, l.cb, l.asym, group, 70, 17, 600, false, rng);
+    }
+}
+
+// Any split of tiles or rows must give the same bits: that is what makes woq_linear independent of the number
+// of threads.
+TEST(WoqKernel, Avx2SplitsAreBitIdentical) {
+  if (!kernels::cpu_has_avx2_fma()) GTEST_SKIP() << "CPU without AVX2/FMA (or LWQ_FORCE_REF set)";
+  std::mt19937 rng(5);
+  for (const Layout& l : kLayouts)
+    for (int64_t group : {int64_t(32), int64_t(20), kNonUniform})
+      for (WoqPath path : {WoqPath::Decode, WoqPath::Blocked}) {
+        const int64_t M = 13, N = 45, K = 300;
+        const RandomWeight rw = make_weight(l.bits, l.cb, l.asym, group, N, K, rng);
+        const WeightView& v = rw.view;
+        const std::vector<float> x = make_x(M, K, v.K_pad, rng);
+        const int64_t tiles = v.N_pad / kernels::kTileN;
+        std::vector<float> whole(M * N), split(M * N, -1.0f);
+        kernels::woq_gemm_avx2_path(v, x.data(), M, v.K_pad, nullptr, whole.data(), N, 0, tiles, path);
+        // Tiles {0}, {1, 2, 3}, {4, 5}; rows {0..4}, {5}, {6..12}.
+        const int64_t tile_cuts[] = {0, 1, 4, tiles};
+        const int64_t row_cuts[] = {0, 5, 6, M};
+        for (int ti = 0; ti < 3; ++ti)
+          for (int ri = 0; ri < 3; ++ri)
+            kernels::woq_gemm_avx2_path(v, x.data() + row_cuts[ri] * v.K_pad, row_cuts[ri + 1] - row_cuts[ri],
+                                        v.K_pad, nullptr, split.data() + row_cuts[ri] * N, N, tile_cuts[ti],
+                                        tile_cuts[ti + 1], path);
+        EXPECT_EQ(std::memcmp(whole.data(), split.data(), whole.size() * sizeof(float)), 0)
+            << describe(l.bits, l.cb, l.asym, group, M, N, K) << " path " << static_cast<int>(path);
+      }
+}
+
+// --- Through the op ---------------------------------------------------------------------------------------------
+
+const std::vector<std::string> kDtypes = {"int8", "int4", "int4_fullrange", "int3", "int2", "nf4", "fp4_e2m1"};
+
+TEST(WoqKernel, WoqLinearMatchesDequantizedMatmulAndIsThreadInvariant) {
+  at::manual_seed(2024);
+  struct Case {
+    std::string what;
+    PackedWeightPtr w;
+    at::Tensor x, bias, want, bound, y1;
+  };
+  std::vector<Case> cases;
+  // (M, N, K): decode and blocked sizes, odd shapes, and few tiles with many rows (the op then splits rows).
+  const std::vector<std::array<int64_t, 3>> shapes = {{1, 33, 172}, {3, 13, 100}, {64, 40, 257}, {300, 7, 96}};
+  for (const std::string& dt : kDtypes) {
+    const DtypeInfo& info = dtype_info(dt);
+    for (bool sym : {true, false}) {
+      if (!sym && !(info.is_int() && dt != "int4_fullrange")) continue;
+      for (int64_t gs : {int64_t(-1), int64_t(32), int64_t(20)})
+        for (bool act_order : {false, true})
+          for (const auto& s : shapes) {
+            const int64_t M = s[0], N = s[1], K = s[2];
+            const int64_t ng = group_count(gs, K);
+            at::Tensor q = at::randint(info.qmin(sym), info.qmax(sym) + 1, {N, K}, at::kInt);
+            at::Tensor scales = (at::rand({N, ng}) + 0.1) * 0.05;
+            c10::optional<at::Tensor> zeros;
+            if (!sym) zeros = at::randint(0, info.qmax(false) + 1, {N, ng}, at::kInt);
+            const at::Tensor groups =
+                act_order ? at::randint(0, ng, {K}, at::kLong) : at::arange(K, at::kLong).div(gs == -1 ? K : gs, "floor");
+            c10::optional<at::Tensor> g_idx;
+            if (act_order) g_idx = groups.to(at::kInt);
+            Case c;
+            c.what = dt + (sym ? " sym" : " asym") + " group " + std::to_string(gs) + (act_order ? " g_idx" : "") +
+                     " M " + std::to_string(M) + " N " + std::to_string(N) + " K " + std::to_string(K);
+            c.w = PackedWeight::pack(q, scales, zeros, dt, gs, g_idx);
+            c.x = at::randn({1, M, K});  // 3-D: the op flattens leading dimensions
+            c.bias = at::randn({N});
+            const at::Tensor deq = c.w->dequantize();
+            c.want = at::linear(c.x.to(at::kDouble), deq.to(at::kDouble), c.bias.to(at::kDouble));
+            // B = |x| @ (|w| + |scale| * |zero|)^T with the zero in code space.
+            const at::Tensor s_full = scales.index_select(1, groups);
+            at::Tensor zmag = at::zeros_like(s_full);
+            if (!sym)
+              zmag = zeros->to(at::kFloat).index_select(1, groups);
+            else if (info.is_int())
+              zmag.fill_(kernels::sym_zero(info.bits));
+            c.bound = at::linear(c.x.abs(), deq.abs() + s_full.abs() * zmag).to(at::kDouble);
+            cases.push_back(std::move(c));
+          }
+    }
+  }
+  const int saved_threads = at::get_num_threads();
+  at::set_num_threads(1);
+  for (Case& c : cases) c.y1 = woq_linear(c.x, c.w, c.bias);
+  at::set_num_threads(2);
+  for (Case& c : cases) {
+    const at::Tensor y2 = woq_linear(c.x, c.w, c.bias);
+    ASSERT_EQ(c.y1.sizes(), (std::vector<int64_t>{1, c.x.size(1), c.w->out_features()})) << c.what;
+    EXPECT_TRUE(c.y1.equal(y2)) << c.what << ": 1 and 2 threads differ";
+    const at::Tensor excess = (c.y1.to(at::kDouble) - c.want).abs() - (c.bound * kRelTol + kAbsTol);
+    EXPECT_LE(excess.max().item<double>(), 0.0) << c.what;
+  }
+  at::set_num_threads(saved_threads);
+}
+
+TEST(WoqKernel, WoqLinearWithoutBiasAndBf16Input) {
+  at::manual_seed(9);
+  const int64_t N = 19, K = 130;
+  at::Tensor q = at::randint(-8, 8, {N, K}, at::kInt);
+  at::Tensor scales = at::rand({N, 2}) * 0.1 + 0.01;
+  auto w = PackedWeight::pack(q, scales, c10::nullopt, "int4", 128, c10::nullopt);
+  at::Tensor x = at::randn({4, 3, K});
+  const at::Tensor want = at::linear(x, w->dequantize());
+  const at::Tensor got = woq_linear(x, w, c10::nullopt);
+  ASSERT_EQ(got.sizes(), (std::vector<int64_t>{4, 3, N}));
+  EXPECT_TRUE(at::allclose(got, want, 1e-4, 1e-4));
+  // bf16 activations are computed in fp32 and cast back.
+  const at::Tensor got_bf16 = woq_linear(x.to(at::kBFloat16), w, c10::nullopt);
+  EXPECT_EQ(got_bf16.scalar_type(), at::kBFloat16);
+  EXPECT_TRUE(at::allclose(got_bf16.to(at::kFloat), at::linear(x.to(at::kBFloat16).to(at::kFloat), w->dequantize()),
+                           2e-2, 2e-2));
+}
+
+}  // namespace
+}  // namespace lwq

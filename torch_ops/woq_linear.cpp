@@ -1,0 +1,83 @@
+// lwq::woq_linear on CPU: flatten x to [M, in], put it in the weight's internal column order (act-order) and
+// pad it to K_pad, then run the kernel over tiles of 8 output channels in parallel.
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+
+#include "kernels/format.h"
+#include "kernels/woq_gemm_avx2.h"
+#include "ops.h"
+
+namespace lwq {
+
+namespace {
+
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// The AVX2 kernel over all of y. Work items are (row chunk, tile) pairs, row-chunk major, so a thread gets a
+// contiguous run of tiles. Rows are only cut when there are too few tiles to keep every thread busy (small N,
+// large M). The path is chosen from the whole M, and within a path every output is summed in a fixed order, so
+// the bits do not depend on the number of threads.
+void run_avx2(const kernels::WeightView& v, const float* x, int64_t M, const float* bias, float* y) {
+  const int64_t n_tiles = v.N_pad / kernels::kTileN;
+  const kernels::WoqPath path = kernels::woq_path_for(M);
+  const int64_t n_threads = at::get_num_threads();
+  int64_t m_chunk = M;
+  if (path == kernels::WoqPath::Blocked && n_threads > 1 && n_tiles < 4 * n_threads)
+    m_chunk = std::max<int64_t>(24, kernels::round_up(ceil_div(M, 2 * n_threads), 6));
+  const int64_t n_chunks = ceil_div(M, m_chunk);
+  at::parallel_for(0, n_chunks * n_tiles, 1, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1;) {
+      const int64_t chunk = i / n_tiles, t0 = i % n_tiles;
+      const int64_t t1 = std::min(n_tiles, t0 + (i1 - i));
+      const int64_t m0 = chunk * m_chunk, rows = std::min(m_chunk, M - m0);
+      kernels::woq_gemm_avx2_path(v, x + m0 * v.K_pad, rows, v.K_pad, bias, y + m0 * v.N, v.N, t0, t1, path);
+      i += t1 - t0;
+    }
+  });
+}
+
+}  // namespace
+
+at::Tensor woq_linear(const at::Tensor& x, const PackedWeightPtr& w, const c10::optional<at::Tensor>& bias) {
+  TORCH_CHECK(w, "woq_linear: the packed weight is None");
+  const auto out_shape = linear_output_shape(x, w->in_features(), w->out_features());
+  TORCH_CHECK(x.is_floating_point(), "woq_linear: x must be a float tensor, got ", x.scalar_type());
+  const kernels::WeightView v = w->view();
+  at::Tensor x2 = x.reshape({-1, v.K}).to(at::kFloat);
+  if (w->has_g_idx()) x2 = x2.index_select(1, w->perm());
+  const int64_t M = x2.size(0);
+  // The kernels read K_pad columns per row, zeros past K.
+  at::Tensor xp;
+  if (v.K_pad == v.K) {
+    xp = x2.contiguous();
+  } else {
+    xp = at::empty({M, v.K_pad}, x2.options());
+    xp.narrow(1, 0, v.K).copy_(x2);
+    xp.narrow(1, v.K, v.K_pad - v.K).zero_();
+  }
+  at::Tensor b;
+  if (bias && bias->defined()) {
+    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == v.N, "woq_linear: bias must have shape [", v.N, "], got ",
+                bias->sizes());
+    b = bias->to(at::kFloat).contiguous();
+  }
+  at::Tensor y = at::empty({M, v.N}, xp.options());
+  if (M == 0) return y.reshape(out_shape).to(x.scalar_type());
+  const float* xd = xp.data_ptr<float>();
+  const float* bd = b.defined() ? b.data_ptr<float>() : nullptr;
+  float* yd = y.data_ptr<float>();
+  if (kernels::cpu_has_avx2_fma()) {
+    run_avx2(v, xd, M, bd, yd);
+  } else {
+    at::parallel_for(0, v.N_pad / kernels::kTileN, 1, [&](int64_t t0, int64_t t1) {
+      kernels::woq_gemm_ref(v, xd, M, v.K_pad, bd, yd, v.N, t0, t1);
+    });
+  }
+  return y.reshape(out_shape).to(x.scalar_type());
+}
+
+TORCH_LIBRARY_IMPL(lwq, CPU, m) { m.impl("woq_linear", &woq_linear); }
+
+}  // namespace lwq
