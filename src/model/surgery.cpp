@@ -1,0 +1,296 @@
+// Finding linear call sites in TorchScript graphs and rewriting them to lwq::woq_linear. A call site lives in the
+// graph of a class type, which all instances of that type share; decisions are made per instance (per layer) and
+// then folded back onto the shared graph (see install_packed_weights).
+#include "lwq/model/surgery.h"
+
+#include <torch/csrc/jit/passes/dead_code_elimination.h>
+
+#include <deque>
+#include <set>
+#include <unordered_map>
+
+namespace lwq {
+namespace model {
+
+namespace jit = torch::jit;
+
+namespace {
+
+// aten::linear whose weight is GetAttr(attr) on a module reached from the graph's self by a GetAttr chain.
+struct CallSite {
+  std::shared_ptr<jit::Graph> graph;
+  jit::Node* linear = nullptr;
+  std::vector<std::string> path;  // submodule attributes from self to the weight's owner (empty: self)
+  std::string weight_attr;
+  c10::ClassTypePtr owner_type;
+};
+
+// A module type together with one of its tensor attributes: the unit at which a weight's uses are checked.
+using TypeAttr = std::pair<const c10::ClassType*, std::string>;
+
+void collect_nodes(jit::Block* block, std::vector<jit::Node*>& out) {
+  for (jit::Node* n : block->nodes()) {
+    out.push_back(n);
+    for (jit::Block* b : n->blocks()) collect_nodes(b, out);
+  }
+}
+
+// The submodule path from `self` to `v` when v is self or a GetAttr chain on it; false otherwise.
+bool path_from_self(jit::Value* v, jit::Value* self, std::vector<std::string>& path) {
+  std::deque<std::string> rev;
+  while (v != self) {
+    jit::Node* n = v->node();
+    if (n->kind() != c10::prim::GetAttr) return false;
+    rev.push_front(n->s(c10::attr::name));
+    v = n->input();
+  }
+  path.assign(rev.begin(), rev.end());
+  return true;
+}
+
+// Every graph of every distinct module type of the tree, with a representative instance.
+struct TypeGraphs {
+  torch::jit::Module representative;
+  std::vector<std::shared_ptr<jit::Graph>> graphs;
+};
+
+std::vector<std::pair<const c10::ClassType*, TypeGraphs>> graphs_by_type(const jit::Module& root) {
+  std::vector<std::pair<const c10::ClassType*, TypeGraphs>> out;
+  std::set<const c10::ClassType*> seen;
+  for (const auto& item : root.named_modules()) {
+    const c10::ClassType* type = item.value.type().get();
+    if (!seen.insert(type).second) continue;
+    TypeGraphs tg{item.value, {}};
+    for (const auto& method : item.value.get_methods()) tg.graphs.push_back(method.graph());
+    out.emplace_back(type, std::move(tg));
+  }
+  return out;
+}
+
+struct Analysis {
+  std::map<const c10::ClassType*, std::vector<CallSite>> sites;  // by the type whose graph holds them
+  std::set<TypeAttr> other_uses;  // weights read other than as aten::linear's weight
+};
+
+Analysis analyze(const jit::Module& root) {
+  Analysis a;
+  for (auto& entry : graphs_by_type(root)) {
+    for (const auto& graph : entry.second.graphs) {
+      jit::Value* self = graph->inputs().at(0);
+      std::vector<jit::Node*> nodes;
+      collect_nodes(graph->block(), nodes);
+      for (jit::Node* n : nodes) {
+        if (n->kind() != c10::prim::GetAttr) continue;
+        const auto owner_type = n->input()->type()->cast<c10::ClassType>();
+        if (!owner_type || !owner_type->is_module() || !n->output()->type()->isSubtypeOf(*c10::TensorType::get()))
+          continue;
+        const std::string attr = n->s(c10::attr::name);
+        std::vector<std::string> path;
+        const bool reachable = path_from_self(n->input(), self, path);
+        bool only_linear_weight = true;
+        for (const jit::Use& use : n->output()->uses()) {
+          if (use.user->kind() == c10::aten::linear && use.offset == 1 && reachable) {
+            a.sites[entry.first].push_back(CallSite{graph, use.user, path, attr, owner_type});
+          } else {
+            only_linear_weight = false;
+          }
+        }
+        // Records every tensor attribute read other than as a linear weight (biases too); only weights matter.
+        if (!only_linear_weight) a.other_uses.insert({owner_type.get(), attr});
+      }
+    }
+  }
+  return a;
+}
+
+std::string join(const std::string& prefix, const std::vector<std::string>& path) {
+  std::string out = prefix;
+  for (const auto& p : path) out += (out.empty() ? "" : ".") + p;
+  return out;
+}
+
+jit::Module follow(jit::Module m, const std::vector<std::string>& path) {
+  for (const auto& p : path) m = m.attr(p).toModule();
+  return m;
+}
+
+}  // namespace
+
+std::string LinearLayer::packed_attr_for(const std::string& weight_attr) {
+  return weight_attr == "weight" ? "packed" : weight_attr + "_packed";
+}
+
+std::vector<LinearLayer> find_linear_layers(const jit::Module& root) {
+  const Analysis a = analyze(root);
+  std::map<std::string, LinearLayer> by_key;  // "<module>\n<attr>" -> layer
+  for (const auto& item : root.named_modules()) {
+    const auto found = a.sites.find(item.value.type().get());
+    if (found == a.sites.end()) continue;
+    for (const CallSite& site : found->second) {
+      LinearLayer layer;
+      layer.name = join(item.name, site.path);
+      layer.weight_attr = site.weight_attr;
+      const std::string key = layer.name + "\n" + layer.weight_attr;
+      if (by_key.count(key)) continue;
+      layer.module = follow(item.value, site.path);
+      const at::Tensor w = layer.module.attr(site.weight_attr).toTensor();
+      layer.shape = w.sizes().vec();
+      if (w.dim() != 2) {
+        layer.quantizable = false;
+        layer.why_not = "weight is not 2-D";
+      } else if (a.other_uses.count({site.owner_type.get(), site.weight_attr})) {
+        layer.quantizable = false;
+        layer.why_not = "weight '" + site.weight_attr + "' of this module type is also read outside aten::linear";
+      }
+      by_key.emplace(key, std::move(layer));
+    }
+  }
+  // Report in module-tree order, not in name order ("layers.10" after "layers.9").
+  std::vector<LinearLayer> out;
+  for (const auto& item : root.named_modules()) {
+    for (auto it = by_key.begin(); it != by_key.end();) {
+      if (it->second.name == item.name) {
+        out.push_back(std::move(it->second));
+        it = by_key.erase(it);
+      } else {
+        ++it;
+      }
+    }
+  }
+  TORCH_INTERNAL_ASSERT(by_key.empty(), "find_linear_layers: a layer outside the module tree: ",
+                        by_key.begin()->first);
+  return out;
+}
+
+bool is_quantized(const jit::Module& root) {
+  const auto packed_type = c10::getCustomClassType<PackedWeightPtr>();
+  for (const auto& item : root.named_modules()) {
+    for (const auto& attr : item.value.type()->getAttributes()) {
+      const c10::TypePtr t = attr.getType();
+      if (t == packed_type) return true;
+      if (const auto opt = t->cast<c10::OptionalType>()) {
+        if (opt->getElementType() == packed_type) return true;
+      }
+    }
+  }
+  return false;
+}
+
+void install_packed_weights(jit::Module& root, const std::vector<LinearLayer>& layers,
+                            const std::map<std::string, PackedWeightPtr>& packed) {
+  const auto packed_type = c10::getCustomClassType<PackedWeightPtr>();
+  // 1. Which instances of each (owner type, weight attribute) are quantized.
+  std::map<std::string, const LinearLayer*> by_name;
+  for (const auto& layer : layers) by_name[layer.name] = &layer;
+  std::map<TypeAttr, std::set<const c10::ivalue::Object*>> quantized_instances;
+  for (const auto& entry : packed) {
+    const auto it = by_name.find(entry.first);
+    TORCH_CHECK(it != by_name.end(), "install_packed_weights: '", entry.first, "' is not a linear layer of the model");
+    const LinearLayer& layer = *it->second;
+    TORCH_CHECK(layer.quantizable, "install_packed_weights: layer '", layer.name, "' cannot be quantized: ",
+                layer.why_not);
+    TORCH_CHECK(entry.second, "install_packed_weights: layer '", layer.name, "' has no packed weight");
+    const auto& w = layer.shape;
+    TORCH_CHECK(entry.second->out_features() == w[0] && entry.second->in_features() == w[1],
+                "install_packed_weights: layer '", layer.name, "' has a weight of shape [", w[0], ", ", w[1],
+                "] but its packed weight is [", entry.second->out_features(), ", ", entry.second->in_features(), "]");
+    TORCH_CHECK(!layer.module.type()->hasAttribute(layer.packed_attr()), "install_packed_weights: layer '",
+                layer.name, "' already has an attribute '", layer.packed_attr(), "'");
+    quantized_instances[{layer.module.type().get(), layer.weight_attr}].insert(layer.module._ivalue().get());
+  }
+  // Nothing is modified above this line, so a refused call leaves the module as it was.
+
+  // 2. The packed attribute on every instance of an affected type: PackedWeight when all of them are quantized,
+  // Optional[PackedWeight] (None on the float ones) when the type's instances differ.
+  std::map<TypeAttr, c10::TypePtr> attr_types;
+  const auto modules = root.named_modules();
+  for (const auto& entry : quantized_instances) {
+    std::vector<jit::Module> instances;
+    for (const auto& item : modules) {
+      if (item.value.type().get() == entry.first.first) instances.push_back(item.value);
+    }
+    std::set<const c10::ivalue::Object*> distinct;
+    for (const auto& m : instances) distinct.insert(m._ivalue().get());
+    const bool all = distinct.size() == entry.second.size();
+    const c10::TypePtr type = all ? c10::TypePtr(packed_type) : c10::OptionalType::create(packed_type);
+    attr_types[entry.first] = type;
+    const std::string attr = LinearLayer::packed_attr_for(entry.first.second);
+    for (auto& m : instances) m.register_attribute(attr, type, c10::IValue());
+  }
+  for (const auto& entry : packed) {
+    const LinearLayer& layer = *by_name.at(entry.first);
+    jit::Module m = layer.module;
+    m.setattr(layer.packed_attr(), c10::IValue(entry.second));
+    const at::Tensor old = m.attr(layer.weight_attr).toTensor();
+    // No float copy remains in the quantized module: the weight becomes an empty tensor.
+    m.setattr(layer.weight_attr, at::empty({0}, at::kFloat).set_requires_grad(old.requires_grad()));
+  }
+
+  // 3. Rewrite the call sites, once per shared graph.
+  const Analysis a = analyze(root);
+  const c10::Symbol woq_linear = c10::Symbol::fromQualString("lwq::woq_linear");
+  std::set<jit::Graph*> touched;
+  for (const auto& entry : a.sites) {  // each shared graph once, whatever the number of instances
+    for (const CallSite& site : entry.second) {
+      const TypeAttr key{site.owner_type.get(), site.weight_attr};
+      if (!quantized_instances.count(key)) continue;
+      jit::Graph& graph = *site.graph;
+      jit::Node* linear = site.linear;
+      jit::Value* x = linear->input(0);
+      jit::Value* weight = linear->input(1);
+      jit::Value* bias = linear->input(2);
+      jit::Value* owner = weight->node()->input();
+      const std::string attr = LinearLayer::packed_attr_for(site.weight_attr);
+      const bool optional = attr_types.at(key)->kind() == c10::TypeKind::OptionalType;
+      jit::WithInsertPoint guard(linear);
+      jit::Value* p = graph.insertGetAttr(owner, attr);
+      jit::Value* y = nullptr;
+      if (!optional) {
+        y = graph.insert(woq_linear, {x, p, bias});
+      } else {
+        jit::Value* none = graph.insertConstant(c10::IValue());
+        jit::Value* is_packed = graph.insert(c10::aten::__isnot__, {p, none});
+        jit::Node* branch = graph.insertNode(graph.create(c10::prim::If, {is_packed}, 1));
+        branch->output()->setType(c10::TensorType::get());
+        jit::Block* then_block = branch->addBlock();
+        jit::Block* else_block = branch->addBlock();
+        {
+          jit::WithInsertPoint in_then(then_block);
+          jit::Value* unwrapped = graph.insertUncheckedCast(p, packed_type);
+          then_block->registerOutput(graph.insert(woq_linear, {x, unwrapped, bias}));
+        }
+        {
+          jit::WithInsertPoint in_else(else_block);
+          else_block->registerOutput(graph.insert(c10::aten::linear, {x, weight, bias}));
+        }
+        y = branch->output();
+      }
+      linear->output()->replaceAllUsesWith(y);
+      linear->destroy();
+      touched.insert(&graph);
+    }
+  }
+  // The float weight's GetAttr is dead where the call became unconditional.
+  for (const auto& entry : graphs_by_type(root)) {
+    for (const auto& graph : entry.second.graphs) {
+      if (touched.count(graph.get())) jit::EliminateDeadCode(graph);
+    }
+  }
+}
+
+std::vector<NamedTensorSlot> parameter_slots(const jit::Module& root) {
+  std::vector<NamedTensorSlot> out;
+  for (const auto& item : root.named_modules()) {
+    const std::string prefix = item.name.empty() ? "" : item.name + ".";
+    for (const auto& p : item.value.named_parameters(/*recurse=*/false)) {
+      out.push_back(NamedTensorSlot{prefix + p.name, item.value, p.name, false});
+    }
+    for (const auto& b : item.value.named_buffers(/*recurse=*/false)) {
+      out.push_back(NamedTensorSlot{prefix + b.name, item.value, b.name, true});
+    }
+  }
+  return out;
+}
+
+}  // namespace model
+}  // namespace lwq

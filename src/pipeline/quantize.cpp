@@ -1,0 +1,280 @@
+// The layer-wise RTN driver. Order of work: check everything that can be checked cheaply (paths, every empty
+// parameter has a stored tensor of the right shape) before quantizing anything, then one linear at a time
+// (load -> check finite -> quantize -> pack -> drop the float weight), then the remaining parameters, the graph
+// rewrite, and one atomic save.
+#include "lwq/pipeline/quantize.h"
+
+#include <nlohmann/json.hpp>
+
+#include <chrono>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <map>
+#include <memory>
+#include <regex>
+#include <set>
+#include <sstream>
+
+#include "lwq/io/safetensors.h"
+#include "lwq/model/surgery.h"
+#include "lwq/rtn.h"
+
+namespace lwq {
+namespace pipeline {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+std::string shape_str(const std::vector<int64_t>& shape) {
+  std::ostringstream s;
+  s << "[";
+  for (size_t i = 0; i < shape.size(); ++i) s << (i ? ", " : "") << shape[i];
+  s << "]";
+  return s.str();
+}
+
+bool same_file(const std::string& a, const std::string& b) {
+  std::error_code ec;
+  if (fs::exists(a, ec) && fs::exists(b, ec)) return fs::equivalent(a, b, ec);
+  return fs::weakly_canonical(a, ec) == fs::weakly_canonical(b, ec);
+}
+
+// A value the archive cannot provide: a meta tensor, or an empty one standing for a missing parameter.
+bool is_empty_in_archive(const at::Tensor& t) { return t.is_meta() || (t.numel() == 0 && t.dim() > 0); }
+
+// The float value of a parameter: from the store when it has one (it wins over values in the archive: the user
+// asked for those weights), else from the archive when it holds real values.
+class ParameterSource {
+ public:
+  ParameterSource(const QuantizeConfig& config) : config_(config) {
+    if (!config.weights_path.empty()) store_ = std::make_unique<io::WeightStore>(config.weights_path);
+  }
+
+  bool from_store(const std::string& name) const { return store_ && store_->contains(name); }
+
+  // Checks the parameter can be provided with `archive_value`'s shape, without reading it.
+  void check(const std::string& name, const at::Tensor& archive_value) const {
+    if (from_store(name)) {
+      const std::vector<int64_t> stored = store_->shape(name);
+      TORCH_CHECK(stored == archive_value.sizes().vec(), "parameter '", name, "' has shape ",
+                  archive_value.sizes(), " in the model ", config_.model_path, " but ", shape_str(stored),
+                  " in the weights ", config_.weights_path);
+      return;
+    }
+    TORCH_CHECK(!is_empty_in_archive(archive_value), "parameter '", name, "' is empty (",
+                archive_value.is_meta() ? "meta" : "0 elements", ") in the model ", config_.model_path, " and ",
+                store_ ? "the weights " + config_.weights_path + " have no tensor of that name"
+                       : std::string("no weights file was given (--weights)"));
+  }
+
+  at::Tensor load(const std::string& name, const at::Tensor& archive_value) const {
+    check(name, archive_value);
+    if (!from_store(name)) return archive_value;
+    return store_->load(name).to(archive_value.scalar_type()).set_requires_grad(archive_value.requires_grad());
+  }
+
+ private:
+  const QuantizeConfig& config_;
+  std::unique_ptr<io::WeightStore> store_;
+};
+
+std::string excluded_by(const std::string& name, const std::vector<std::string>& patterns,
+                        const std::vector<std::regex>& regexes) {
+  for (size_t i = 0; i < regexes.size(); ++i) {
+    if (std::regex_search(name, regexes[i])) return patterns[i];
+  }
+  return "";
+}
+
+void check_config(const QuantizeConfig& config) {
+  TORCH_CHECK(!config.model_path.empty(), "quantize: no model given");
+  TORCH_CHECK(!config.out_path.empty(), "quantize: no output path given");
+  TORCH_CHECK(fs::is_regular_file(config.model_path), "quantize: model ", config.model_path,
+              " is not a readable file");
+  TORCH_CHECK(config.weights_path.empty() || fs::exists(config.weights_path), "quantize: weights ",
+              config.weights_path, ": no such file or directory");
+  TORCH_CHECK(config.algorithm == "rtn",
+              "quantize: algorithm '", config.algorithm, "' is not available in the layer-wise pipeline; "
+              "available: rtn (gptq, awq and teq need calibration inputs, which this pipeline does not feed yet)");
+  for (const std::string& input : {config.model_path, config.weights_path}) {
+    if (input.empty()) continue;
+    TORCH_CHECK(!same_file(config.out_path, input), "quantize: the output ", config.out_path,
+                " is an input file; write the quantized model to a new path");
+  }
+  TORCH_CHECK(config.report_path.empty() || !same_file(config.report_path, config.out_path),
+              "quantize: the report path and the output path are the same: ", config.out_path);
+  const DtypeInfo& info = dtype_info(config.spec.dtype);
+  check_scheme(info, config.spec.sym);
+  TORCH_CHECK(config.spec.group_size == -1 || config.spec.group_size > 0,
+              "quantize: group size must be -1 (per output channel) or positive, got ", config.spec.group_size);
+}
+
+}  // namespace
+
+int64_t proc_status_bytes(const std::string& field) {
+  std::ifstream status("/proc/self/status");
+  std::string line;
+  const std::string key = field + ":";
+  while (std::getline(status, line)) {
+    if (line.rfind(key, 0) == 0) return std::stoll(line.substr(key.size())) * 1024;  // "VmHWM:   1234 kB"
+  }
+  return 0;
+}
+
+QuantizeResult quantize_model(const QuantizeConfig& config) {
+  const auto start = std::chrono::steady_clock::now();
+  // Loaded parameters may require grad: without this, the autograd graph of each quantization (and every
+  // intermediate it saves) would stay alive with the packed weight, ~1.2x the float weight per layer.
+  const at::NoGradGuard no_grad;
+  check_config(config);
+  std::vector<std::regex> exclude;
+  for (const auto& pattern : config.exclude) {
+    try {
+      exclude.emplace_back(pattern, std::regex::ECMAScript);
+    } catch (const std::regex_error& e) {
+      TORCH_CHECK(false, "quantize: --exclude '", pattern, "' is not a valid regular expression: ", e.what());
+    }
+  }
+
+  torch::jit::Module module;
+  try {
+    // No map_location: a CPU device would materialize every meta parameter as uninitialized memory.
+    module = torch::jit::load(config.model_path);
+  } catch (const c10::Error& e) {
+    TORCH_CHECK(false, "quantize: cannot load the TorchScript model ", config.model_path, ": ",
+                e.what_without_backtrace());
+  }
+  module.eval();
+  TORCH_CHECK(!model::is_quantized(module), "quantize: the model ", config.model_path,
+              " already holds packed weights; quantize the float model instead");
+  const ParameterSource source(config);
+
+  // The plan: which linears are quantized, and every parameter checked before any work.
+  QuantizeResult result;
+  const std::vector<model::LinearLayer> layers = model::find_linear_layers(module);
+  std::vector<const model::LinearLayer*> todo;
+  std::set<std::string> quantized_weights;
+  for (const auto& layer : layers) {
+    const std::string pattern = excluded_by(layer.name, config.exclude, exclude);
+    if (!layer.quantizable) {
+      result.kept_float.push_back({layer.name, layer.shape, layer.why_not});
+    } else if (!pattern.empty()) {
+      result.kept_float.push_back({layer.name, layer.shape, "excluded by '" + pattern + "'"});
+    } else {
+      todo.push_back(&layer);
+      quantized_weights.insert(layer.weight_name());
+    }
+  }
+  std::vector<model::NamedTensorSlot> slots = model::parameter_slots(module);
+  for (const auto& slot : slots) source.check(slot.name, slot.value());
+
+  // One linear at a time: at most one float weight is resident.
+  std::map<std::string, PackedWeightPtr> packed;
+  for (size_t i = 0; i < todo.size(); ++i) {
+    const model::LinearLayer& layer = *todo[i];
+    QuantizedLayer q;
+    q.name = layer.name;
+    q.shape = layer.shape;
+    q.dtype = config.spec.dtype;
+    q.group_size = config.spec.group_size;
+    q.sym = config.spec.sym;
+    {
+      const at::Tensor weight =
+          source.load(layer.weight_name(), layer.module.attr(layer.weight_attr).toTensor()).to(at::kFloat);
+      check_finite(weight, "layer '" + layer.name + "': weight '" + layer.weight_name() + "'");
+      try {
+        packed[layer.name] = rtn_quantize(weight, config.spec, config.mse_search, &q.report);
+      } catch (const c10::Error& e) {
+        TORCH_CHECK(false, "layer '", layer.name, "': ", e.what_without_backtrace());
+      }
+    }
+    q.float_bytes = layer.shape[0] * layer.shape[1] * static_cast<int64_t>(sizeof(float));
+    q.packed_bytes = packed[layer.name]->nbytes();
+    result.float_bytes += q.float_bytes;
+    result.packed_bytes += q.packed_bytes;
+    if (!config.quiet) {
+      std::cerr << "[" << (i + 1) << "/" << todo.size() << "] " << layer.name << " " << shape_str(layer.shape)
+                << " " << q.dtype << " g" << q.group_size << ": weight mse " << q.report.weight_mse << ", "
+                << q.report.seconds << " s" << std::endl;
+    }
+    result.quantized.push_back(std::move(q));
+  }
+
+  // Everything else keeps float values, now materialized.
+  for (auto& slot : slots) {
+    if (quantized_weights.count(slot.name)) continue;
+    const at::Tensor current = slot.value();
+    if (source.from_store(slot.name)) {
+      slot.set(source.load(slot.name, current));
+      ++result.params_from_store;
+    } else {
+      ++result.params_from_archive;
+    }
+  }
+  model::install_packed_weights(module, layers, packed);
+
+  io::atomic_write(config.out_path, [&](const std::string& tmp) { module.save(tmp); });
+  result.peak_rss_bytes = proc_status_bytes("VmHWM");
+  result.rss_anon_bytes = proc_status_bytes("RssAnon");
+  result.rss_file_bytes = proc_status_bytes("RssFile");
+  result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  if (!config.report_path.empty()) {
+    const std::string text = report_json(config, result);
+    io::atomic_write(config.report_path, [&](const std::string& tmp) {
+      std::ofstream out(tmp);
+      out << text << "\n";
+      out.close();
+      TORCH_CHECK(out, "quantize: cannot write the report ", tmp);
+    });
+  }
+  return result;
+}
+
+std::string report_json(const QuantizeConfig& config, const QuantizeResult& result) {
+  using nlohmann::json;
+  auto finite_or_null = [](double v) { return std::isfinite(v) && v >= 0 ? json(v) : json(nullptr); };
+  json layers = json::array();
+  for (const auto& q : result.quantized) {
+    json entry = {{"name", q.name},
+                  {"shape", q.shape},
+                  {"dtype", q.dtype},
+                  {"group_size", q.group_size},
+                  {"sym", q.sym},
+                  {"algorithm", q.report.algorithm},
+                  {"weight_mse", finite_or_null(q.report.weight_mse)},
+                  {"seconds", q.report.seconds},
+                  {"float_bytes", q.float_bytes},
+                  {"packed_bytes", q.packed_bytes}};
+    if (!q.report.adjustments.empty()) entry["adjustments"] = q.report.adjustments;
+    layers.push_back(entry);
+  }
+  json kept = json::array();
+  for (const auto& f : result.kept_float) kept.push_back({{"name", f.name}, {"shape", f.shape}, {"reason", f.reason}});
+  json report = {
+      {"model", config.model_path},
+      {"weights", config.weights_path},
+      {"output", config.out_path},
+      {"algorithm", config.algorithm},
+      {"mse_search", config.mse_search},
+      {"spec", {{"dtype", config.spec.dtype}, {"group_size", config.spec.group_size}, {"sym", config.spec.sym}}},
+      {"exclude", config.exclude},
+      {"layers", layers},
+      {"kept_float", kept},
+      {"totals",
+       {{"quantized_layers", result.quantized.size()},
+        {"float_bytes", result.float_bytes},
+        {"packed_bytes", result.packed_bytes},
+        {"params_from_store", result.params_from_store},
+        {"params_from_archive", result.params_from_archive},
+        {"peak_rss_bytes", result.peak_rss_bytes},
+        {"rss_anon_bytes_at_end", result.rss_anon_bytes},
+        {"rss_file_bytes_at_end", result.rss_file_bytes},
+        {"seconds", result.seconds}}}};
+  return report.dump(2);
+}
+
+}  // namespace pipeline
+}  // namespace lwq

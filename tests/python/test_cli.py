@@ -1,0 +1,229 @@
+"""End to end: `lwq quantize` / `lwq inspect` on the models of scripts/make_test_models.py, outputs loaded and run in a
+fresh Python process (only liblwq_ops.so loaded, as a deployment would)."""
+import importlib.util
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import BUILD_DIR, OPS_LIB, SOURCE_DIR
+
+LWQ = pathlib.Path(os.environ.get("LWQ_BUILD_DIR", BUILD_DIR)) / "bin" / "lwq"
+MAKE_MODELS = SOURCE_DIR / "scripts" / "make_test_models.py"
+
+# Relative L2 error of the model output against the fp32 reference (a zero model scores 1.0).
+INT8_BUDGET = 0.01
+INT4_BUDGET = 0.25  # measured about 0.15 (int4 sym uses 15 levels; 3 residual blocks compound)
+
+_spec = importlib.util.spec_from_file_location("make_test_models", MAKE_MODELS)
+make_test_models = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(make_test_models)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    assert LWQ.exists(), f"{LWQ} is missing: build first"
+    out = tmp_path_factory.mktemp("models")
+    subprocess.run([sys.executable, str(MAKE_MODELS), "--out", str(out), "--seed", "3"], check=True)
+    return out
+
+
+def lwq(*args):
+    return subprocess.run([str(LWQ), *map(str, args)], capture_output=True, text=True, timeout=300)
+
+
+def quantize(models, name, out, *options):
+    weights = ["--weights", models / f"{name}.safetensors"] if name == "scripted" else []
+    result = lwq("quantize", "--model", models / f"{name}.pt", *weights, "--algo", "rtn", "--out", out, "--quiet",
+                 *options)
+    assert result.returncode == 0, result.stderr
+    return result
+
+
+_RUN_FRESH = r"""
+import json, sys, torch
+torch.ops.load_library(sys.argv[1])
+module = torch.jit.load(sys.argv[2])
+ref = torch.load(sys.argv[3])
+with torch.no_grad():
+    y = module(ref["x"])
+layers = {}
+for name, m in module.named_modules():
+    packed = getattr(m, "packed", None) if hasattr(m, "packed") else None
+    if packed is not None or (hasattr(m, "weight") and name):
+        layers[name] = {"packed": packed is not None,
+                        "dtype": packed.dtype() if packed is not None else None,
+                        "group_size": packed.group_size() if packed is not None else None,
+                        "weight_numel": m.weight.numel() if hasattr(m, "weight") else None}
+print(json.dumps({"rel_error": ((y - ref["y"]).norm() / ref["y"].norm()).item(), "layers": layers}))
+"""
+
+
+def run_fresh(model_path, reference):
+    """Loads and runs the archive in a new interpreter that never saw the quantizer."""
+    result = subprocess.run([sys.executable, "-c", _RUN_FRESH, str(OPS_LIB), str(model_path), str(reference)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+@pytest.mark.parametrize("name", ["scripted", "traced"])
+@pytest.mark.parametrize("dtype,group,budget", [("int8", "32", INT8_BUDGET), ("int4", "32", INT4_BUDGET)])
+def test_quantized_model_runs_in_fresh_process_within_budget(models, tmp_path, name, dtype, group, budget):
+    out = tmp_path / "q.pt"
+    quantize(models, name, out, "--dtype", dtype, "--group-size", group)
+    got = run_fresh(out, models / f"{name}_reference.pt")
+    assert got["rel_error"] < budget, got
+    assert got["rel_error"] > 1e-7, "a quantized model cannot be exact: is it still float?"
+    packed = {k: v for k, v in got["layers"].items() if v["packed"]}
+    expected = {f"layers.{i}.{p}" for i in range(3) for p in ("up", "gate", "down")} if name == "scripted" else \
+        {"fc1", "fc2", "head"}
+    assert set(packed) == expected
+    for layer in packed.values():
+        assert layer["dtype"] == dtype and layer["group_size"] == int(group)
+        assert layer["weight_numel"] == 0, "a float copy of a quantized weight stayed in the archive"
+
+
+def test_output_head_stays_float_by_default(models, tmp_path):
+    out = tmp_path / "q.pt"
+    quantize(models, "scripted", out, "--dtype", "int8")
+    got = run_fresh(out, models / "scripted_reference.pt")
+    assert not got["layers"]["lm_head"]["packed"]
+    assert got["layers"]["lm_head"]["weight_numel"] == 48 * 48
+
+
+def test_int4_archive_is_smaller_than_the_float_weights(models, tmp_path):
+    out = tmp_path / "q.pt"
+    quantize(models, "scripted", out, "--dtype", "int4", "--group-size", "32", "--no-default-exclude")
+    float_bytes = (models / "scripted.safetensors").stat().st_size
+    # 4-bit codes + fp32 scales per 32 weights ~ 0.19 of fp32, plus the code and pickles of the archive.
+    assert out.stat().st_size < 0.5 * float_bytes, (out.stat().st_size, float_bytes)
+
+
+def test_excluding_one_instance_of_a_shared_type(models, tmp_path):
+    # layers.{0,1,2}.up share one TorchScript class type and forward graph; layers.1.up alone stays float.
+    out = tmp_path / "q.pt"
+    quantize(models, "scripted", out, "--dtype", "int8", "--group-size", "32", "--exclude", r"^layers\.1\.up$")
+    got = run_fresh(out, models / "scripted_reference.pt")
+    assert got["rel_error"] < INT8_BUDGET
+    assert not got["layers"]["layers.1.up"]["packed"] and got["layers"]["layers.1.up"]["weight_numel"] == 80 * 48
+    assert got["layers"]["layers.0.up"]["packed"] and got["layers"]["layers.2.up"]["packed"]
+    assert got["layers"]["lm_head"]["packed"], "--exclude replaces the default exclusion"
+
+
+def test_report_lists_layers_and_totals(models, tmp_path):
+    out, report = tmp_path / "q.pt", tmp_path / "r.json"
+    quantize(models, "scripted", out, "--dtype", "int4", "--group-size", "32", "--asym", "--report", report)
+    r = json.loads(report.read_text())
+    assert [l["name"] for l in r["layers"]][:3] == ["layers.0.up", "layers.0.gate", "layers.0.down"]
+    assert len(r["layers"]) == 9
+    first = r["layers"][0]
+    assert first["shape"] == [80, 48] and first["dtype"] == "int4" and first["group_size"] == 32
+    assert first["sym"] is False and 0 < first["weight_mse"] < 1e-2
+    assert r["kept_float"] == [{"name": "lm_head", "shape": [48, 48], "reason": r"excluded by '(^|\.)(lm_head|output)$'"}]
+    totals = r["totals"]
+    assert totals["float_bytes"] == sum(l["float_bytes"] for l in r["layers"])
+    assert 0 < totals["packed_bytes"] < totals["float_bytes"] / 4
+    assert totals["peak_rss_bytes"] > 0 and totals["seconds"] > 0
+
+
+def test_inspect_lists_float_and_quantized_layers(models, tmp_path):
+    before = lwq("inspect", models / "scripted.pt")
+    assert before.returncode == 0, before.stderr
+    assert "layers.0.up" in before.stdout and "float meta" in before.stdout and "lm_head" in before.stdout
+    out = tmp_path / "q.pt"
+    quantize(models, "scripted", out, "--dtype", "int4", "--group-size", "32")
+    after = lwq("inspect", out)
+    assert after.returncode == 0, after.stderr
+    linear_section = after.stdout.split("linear layers:\n", 1)[1]
+    lines = {line.split()[0]: line for line in linear_section.splitlines() if line.startswith("  ")}
+    assert len(lines) == 10
+    assert "quantized int4 group 32" in lines["layers.2.down"]
+    assert "float" in lines["lm_head"] and "quantized" not in lines["lm_head"]
+
+
+def test_help_of_every_command():
+    for args in (["--help"], ["quantize", "--help"], ["inspect", "--help"]):
+        result = lwq(*args)
+        assert result.returncode == 0 and "usage: lwq" in result.stdout, args
+
+
+# Error cases: a message naming the culprit, exit status 1, and never a half-written output.
+
+def assert_fails(result, *needles):
+    assert result.returncode == 1, (result.returncode, result.stdout, result.stderr)
+    for needle in needles:
+        assert needle in result.stderr, (needle, result.stderr)
+
+
+def test_missing_weights_file(models, tmp_path):
+    missing = tmp_path / "nope.safetensors"
+    assert_fails(lwq("quantize", "--model", models / "scripted.pt", "--weights", missing, "--algo", "rtn",
+                     "--out", tmp_path / "q.pt"), str(missing))
+    assert not (tmp_path / "q.pt").exists()
+
+
+def test_meta_model_without_weights(models, tmp_path):
+    assert_fails(lwq("quantize", "--model", models / "scripted.pt", "--algo", "rtn", "--out", tmp_path / "q.pt"),
+                 "layers.0.norm.weight", "--weights")
+
+
+def test_missing_tensor_in_store_is_named(models, tmp_path):
+    tensors = make_test_models.read_safetensors(models / "scripted.safetensors")
+    del tensors["layers.1.gate.weight"]
+    weights = tmp_path / "w.safetensors"
+    make_test_models.write_safetensors(weights, tensors)
+    assert_fails(lwq("quantize", "--model", models / "scripted.pt", "--weights", weights, "--algo", "rtn",
+                     "--out", tmp_path / "q.pt"), "layers.1.gate.weight")
+    assert not (tmp_path / "q.pt").exists()
+
+
+def test_wrong_shape_in_store_is_named(models, tmp_path):
+    tensors = make_test_models.read_safetensors(models / "scripted.safetensors")
+    tensors["layers.0.up.bias"] = torch.zeros(7)
+    weights = tmp_path / "w.safetensors"
+    make_test_models.write_safetensors(weights, tensors)
+    assert_fails(lwq("quantize", "--model", models / "scripted.pt", "--weights", weights, "--algo", "rtn",
+                     "--out", tmp_path / "q.pt"), "layers.0.up.bias", "[7]")
+
+
+def test_nan_weight_names_the_layer_and_leaves_output_untouched(models, tmp_path):
+    tensors = make_test_models.read_safetensors(models / "scripted.safetensors")
+    tensors["layers.2.down.weight"][3, 5] = float("nan")
+    weights = tmp_path / "w.safetensors"
+    make_test_models.write_safetensors(weights, tensors)
+    out = tmp_path / "q.pt"
+    out.write_bytes(b"previous output")
+    assert_fails(lwq("quantize", "--model", models / "scripted.pt", "--weights", weights, "--algo", "rtn",
+                     "--out", out), "layers.2.down", "NaN")
+    assert out.read_bytes() == b"previous output"
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith("q.pt")] == ["q.pt"], "temporary left behind"
+
+
+def test_output_equal_to_an_input_is_refused(models, tmp_path):
+    model_bytes = (models / "scripted.pt").read_bytes()
+    for out in (models / "scripted.pt", models / "scripted.safetensors"):
+        assert_fails(lwq("quantize", "--model", models / "scripted.pt", "--weights",
+                         models / "scripted.safetensors", "--algo", "rtn", "--out", out), "input")
+    assert (models / "scripted.pt").read_bytes() == model_bytes
+
+
+def test_already_quantized_model_is_refused(models, tmp_path):
+    out = tmp_path / "q.pt"
+    quantize(models, "traced", out, "--dtype", "int8")
+    assert_fails(lwq("quantize", "--model", out, "--algo", "rtn", "--out", tmp_path / "q2.pt"), "already")
+
+
+def test_unsupported_algorithm_and_bad_options(models, tmp_path):
+    base = ["quantize", "--model", models / "traced.pt", "--out", tmp_path / "q.pt"]
+    assert_fails(lwq(*base, "--algo", "gptq"), "gptq", "rtn")
+    assert_fails(lwq(*base, "--algo", "rtn", "--dtype", "int5"), "int5")
+    assert_fails(lwq(*base, "--algo", "rtn", "--group-size", "abc"), "--group-size")
+    assert_fails(lwq(*base, "--algo", "rtn", "--dtype", "nf4", "--asym"), "nf4")
+    assert_fails(lwq(*base, "--algo", "rtn", "--exclude", "("), "(")
+    assert_fails(lwq("inspect", tmp_path / "missing.pt"), "missing.pt")
+    assert_fails(lwq("frobnicate"), "frobnicate")
