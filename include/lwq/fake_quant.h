@@ -12,11 +12,7 @@
 namespace lwq {
 
 // The logical form of a group-wise quantized weight [out, in] (the arguments of PackedWeight::pack).
-struct GroupwiseQuantized {
-  at::Tensor q;       // int32 [out, in]
-  at::Tensor scales;  // fp32 [out, n_groups]
-  at::Tensor zeros;   // int32 [out, n_groups] for asym integer types, else undefined
-};
+using GroupwiseQuantized = GroupwiseQ;
 
 // RTN of w [out, in] with spec's groups (a ragged last group when in is not a multiple of the group size).
 // clip: optional fp32 [out, n_groups] ratios in (0, 1] applied to each group's range (AWQ's clip search);

@@ -86,7 +86,7 @@ TEST(AwqFakeQuant, ClipShrinksOnlyTheChosenGroups) {
   EXPECT_NEAR(clipped.scales[3][1].item<float>(), 0.5f * plain.scales[3][1].item<float>(), 1e-6);
   clipped.scales[3][1] = plain.scales[3][1];
   EXPECT_TRUE(at::equal(clipped.scales, plain.scales));
-  test::expect_error([&] { quantize_groupwise(w, spec, at::ones({8, 3})); }, "clip must be [8, 4]");
+  test::expect_error([&] { quantize_groupwise(w, spec, at::ones({8, 3})); }, "clip must have shape [8, 4]");
 }
 
 TEST(AwqSearch, UniformActivationsKeepScalesEqual) {
