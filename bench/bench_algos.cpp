@@ -20,8 +20,11 @@
 #include <string>
 #include <vector>
 
+#include "lwq/awq.h"
 #include "lwq/gptq.h"
 #include "lwq/rtn.h"
+#include "lwq/teq.h"
+#include "lwq/w8a8.h"
 
 namespace {
 
@@ -133,6 +136,46 @@ Case hessian_case(int64_t rows, int64_t in) {
           }};
 }
 
+// AWQ, TEQ and W8A8 take calibration activations (kSearchRows rows) rather than a Hessian; their output errors
+// are their own reports' (mean squared output error on those rows, and plain RTN's / plain W8A8's).
+constexpr int64_t kSearchRows = 512;
+
+Case awq_case(int64_t out, int64_t in, bool clip_search) {
+  const std::string shape = std::to_string(out) + "x" + std::to_string(in);
+  return {std::string("awq int4 g128") + (clip_search ? " clip" : ""), shape, [=](Inputs& inputs) {
+            const Layer& l = inputs.layer(out, in);
+            lwq::AwqOptions options;
+            options.spec = int4_g128();
+            options.clip_search = clip_search;
+            const lwq::AwqResult a = lwq::awq_search(inputs.activations(kSearchRows, in), {l.weight}, options);
+            return Result{a.reports.at(0)};
+          }};
+}
+
+Case teq_case(int64_t out, int64_t in, int64_t steps) {
+  const std::string shape = std::to_string(out) + "x" + std::to_string(in);
+  return {"teq int4 g128 (" + std::to_string(steps) + " steps)", shape, [=](Inputs& inputs) {
+            const Layer& l = inputs.layer(out, in);
+            lwq::TeqOptions options;
+            options.spec = int4_g128();
+            options.steps = steps;
+            const lwq::TeqResult t = lwq::teq_quantize(inputs.activations(kSearchRows, in), {l.weight}, options);
+            return Result{t.reports.at(0)};
+          }};
+}
+
+Case w8a8_case(int64_t out, int64_t in, bool smoothquant) {
+  const std::string shape = std::to_string(out) + "x" + std::to_string(in);
+  return {std::string("w8a8 minmax") + (smoothquant ? " smoothquant 0.5" : ""), shape, [=](Inputs& inputs) {
+            const Layer& l = inputs.layer(out, in);
+            lwq::W8a8Options options;
+            if (smoothquant) options.smoothquant_alpha = 0.5;
+            const lwq::W8a8Result w =
+                lwq::w8a8_quantize(l.weight, at::Tensor(), {inputs.activations(kSearchRows, in)}, options);
+            return Result{w.report};
+          }};
+}
+
 // The benchmark's case list. Append new algorithms here.
 std::vector<Case> cases() {
   return {
@@ -145,6 +188,11 @@ std::vector<Case> cases() {
       rtn_case(4096, 4096, true),
       rtn_case(11008, 4096, false),
       rtn_case(11008, 4096, true),
+      awq_case(4096, 4096, false),
+      awq_case(4096, 4096, true),
+      teq_case(4096, 4096, 100),
+      w8a8_case(4096, 4096, false),
+      w8a8_case(4096, 4096, true),
   };
 }
 
