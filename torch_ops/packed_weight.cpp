@@ -40,12 +40,7 @@ c10::intrusive_ptr<PackedWeight> PackedWeight::pack(const at::Tensor& q, const a
   check_range(q, info.qmin(sym), info.qmax(sym), "q");
 
   auto w = c10::make_intrusive<PackedWeight>(Private{});
-  w->info_ = &info;
-  w->n_ = n;
-  w->k_ = k;
-  w->group_size_ = group_size;
-  w->n_groups_ = n_groups;
-  w->sym_ = sym;
+  w->set_geometry(info, n, k, group_size, sym);
   w->scales_ = scales.to(at::kFloat).t().contiguous();
   if (!sym) {
     TORCH_CHECK(zeros->sizes() == scales.sizes(), "zeros must have the shape of scales ", scales.sizes(), ", got ",
@@ -96,12 +91,7 @@ c10::intrusive_ptr<PackedWeight> PackedWeight::from_state(const State& s) {
   check_finite(scales, "PackedWeight state: scales");
 
   auto w = c10::make_intrusive<PackedWeight>(Private{});
-  w->info_ = &info;
-  w->n_ = n;
-  w->k_ = k;
-  w->group_size_ = group_size;
-  w->n_groups_ = n_groups;
-  w->sym_ = sym;
+  w->set_geometry(info, n, k, group_size, sym);
   w->qweight_ = qweight.contiguous();
   w->scales_ = scales.contiguous();
   if (!sym) {
@@ -119,6 +109,15 @@ c10::intrusive_ptr<PackedWeight> PackedWeight::from_state(const State& s) {
   }
   w->finish_init();
   return w;
+}
+
+void PackedWeight::set_geometry(const DtypeInfo& info, int64_t n, int64_t k, int64_t group_size, bool sym) {
+  info_ = &info;
+  n_ = n;
+  k_ = k;
+  group_size_ = group_size;
+  n_groups_ = group_count(group_size, k);
+  sym_ = sym;
 }
 
 void PackedWeight::finish_init() {

@@ -56,6 +56,7 @@ class PackedWeight : public torch::CustomClassHolder {
   explicit PackedWeight(Private) {}
 
  private:
+  void set_geometry(const DtypeInfo& info, int64_t n, int64_t k, int64_t group_size, bool sym);
   void finish_init();  // derives perm_, col_group_, padded scales/zeros
 
   const DtypeInfo* info_ = nullptr;

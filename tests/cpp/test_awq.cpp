@@ -9,39 +9,18 @@
 #include "lwq/awq.h"
 #include "lwq/fake_quant.h"
 #include "lwq/scale_folding.h"
+#include "outlier_layers.h"
 #include "test_util.h"
 
 namespace lwq {
 namespace {
 
-struct Layer {
-  at::Tensor x;                     // [n, in]
-  std::vector<at::Tensor> weights;  // [out_i, in]
-};
+using test::Layer;
+using test::output_mse;
 
-// Gaussian inputs and weights; n_outliers input channels get activations 20-50x larger, as in LLM layers.
-Layer make_layer(std::vector<int64_t> outs, int64_t in, int64_t n, int64_t n_outliers, uint64_t seed) {
-  at::manual_seed(seed);
-  Layer l;
-  l.x = at::randn({n, in});
-  if (n_outliers > 0) {
-    const at::Tensor channels = at::randperm(in).narrow(0, 0, n_outliers);
-    const at::Tensor factor = at::rand({n_outliers}) * 30 + 20;
-    l.x.index_copy_(1, channels, l.x.index_select(1, channels) * factor);
-  }
-  for (int64_t out : outs) l.weights.push_back(at::randn({out, in}) * 0.02);
-  return l;
-}
+using test::make_outlier_layer;
+using test::rtn_output_mse;
 
-double output_mse(const at::Tensor& x, const at::Tensor& w, const at::Tensor& x_used, const at::Tensor& w_hat) {
-  return (x.matmul(w.t()) - x_used.matmul(w_hat.t())).square().mean().item<double>();
-}
-
-double rtn_mse(const at::Tensor& x, const at::Tensor& w, const QuantSpec& spec) {
-  return output_mse(x, w, x, quantize_weight(w, spec.dtype, spec.group_size, spec.sym)->dequantize());
-}
-
-// Output error of AWQ's result for linear i, recomputed from the packed weight: (x / s) dequant^T vs x W^T.
 double awq_mse(const Layer& l, const AwqResult& r, size_t i) {
   return output_mse(l.x, l.weights[i], l.x / r.scales, r.packed[i]->dequantize());
 }
@@ -109,11 +88,11 @@ TEST(AwqSearch, UniformActivationsKeepScalesEqual) {
 }
 
 TEST(AwqSearch, BeatsRtnOnOutlierChannels) {
-  const Layer l = make_layer({256}, 512, 256, 6, 4);
+  const Layer l = make_outlier_layer({256}, 512, 256, 6, 4);
   for (const auto& [dtype, gs] : std::vector<std::pair<std::string, int64_t>>{{"int4", 128}, {"int3", 32}}) {
     const AwqOptions o = options(dtype, gs);
     const AwqResult r = awq_search(l.x, l.weights, o);
-    const double rtn = rtn_mse(l.x, l.weights[0], o.spec);
+    const double rtn = rtn_output_mse(l.x, l.weights[0], o.spec);
     const double awq = awq_mse(l, r, 0);
     EXPECT_LT(awq, 0.7 * rtn) << dtype << " g" << gs;
     EXPECT_GE(r.ratio, 0) << dtype;
@@ -127,20 +106,20 @@ TEST(AwqSearch, BeatsRtnOnOutlierChannels) {
 
 TEST(AwqSearch, NeverWorseThanRtn) {
   // No outliers and a coarse grid: AWQ may find nothing, but s = 1 is a candidate.
-  const Layer l = make_layer({40}, 96, 24, 0, 5);
+  const Layer l = make_outlier_layer({40}, 96, 24, 0, 5);
   for (const auto& [dtype, sym] : std::vector<std::pair<std::string, bool>>{
            {"int4", true}, {"int4", false}, {"int2", false}, {"nf4", true}, {"fp4_e2m1", true}, {"int8", true}}) {
     AwqOptions o = options(dtype, 32, sym);
     o.n_grid = 4;
     const AwqResult r = awq_search(l.x, l.weights, o);
     EXPECT_LE(r.reports[0].output_mse, r.reports[0].baseline_output_mse) << dtype << " sym " << sym;
-    EXPECT_LE(awq_mse(l, r, 0), rtn_mse(l.x, l.weights[0], o.spec) * (1 + 1e-4)) << dtype << " sym " << sym;
+    EXPECT_LE(awq_mse(l, r, 0), rtn_output_mse(l.x, l.weights[0], o.spec) * (1 + 1e-4)) << dtype << " sym " << sym;
   }
 }
 
 TEST(AwqSearch, GroupedLinearsShareOneScale) {
   // q, k, v of different widths sharing the normed hidden state.
-  const Layer l = make_layer({96, 32, 32}, 172, 80, 4, 6);
+  const Layer l = make_outlier_layer({96, 32, 32}, 172, 80, 4, 6);
   const AwqOptions o = options("int4", 64, false);
   const AwqResult r = awq_search(l.x, l.weights, o, {"q_proj", "k_proj", "v_proj"});
   ASSERT_EQ(r.packed.size(), 3u);
@@ -156,24 +135,24 @@ TEST(AwqSearch, GroupedLinearsShareOneScale) {
     EXPECT_TRUE(at::equal(r.packed[i]->dequantize(),
                           fake_quantize_groupwise(l.weights[i] * r.scales, o.spec, r.clip[i])));
     awq += awq_mse(l, r, i) * l.weights[i].size(0);
-    rtn += rtn_mse(l.x, l.weights[i], o.spec) * l.weights[i].size(0);
+    rtn += rtn_output_mse(l.x, l.weights[i], o.spec) * l.weights[i].size(0);
   }
   EXPECT_LT(awq, 0.9 * rtn);
 }
 
 TEST(AwqSearch, RaggedGroups) {
-  const Layer l = make_layer({48}, 172, 64, 3, 7);
+  const Layer l = make_outlier_layer({48}, 172, 64, 3, 7);
   for (int64_t gs : {32, 64, 128}) {
     const AwqOptions o = options("int4", gs);
     const AwqResult r = awq_search(l.x, l.weights, o);
     EXPECT_EQ(r.packed[0]->n_groups(), (172 + gs - 1) / gs);
-    EXPECT_LE(awq_mse(l, r, 0), rtn_mse(l.x, l.weights[0], o.spec)) << "g" << gs;
-    EXPECT_LT(awq_mse(l, r, 0), rtn_mse(l.x, l.weights[0], o.spec)) << "g" << gs;
+    EXPECT_LE(awq_mse(l, r, 0), rtn_output_mse(l.x, l.weights[0], o.spec)) << "g" << gs;
+    EXPECT_LT(awq_mse(l, r, 0), rtn_output_mse(l.x, l.weights[0], o.spec)) << "g" << gs;
   }
 }
 
 TEST(AwqSearch, ClipSearchHelpsOrIsDropped) {
-  const Layer l = make_layer({64}, 256, 128, 4, 8);
+  const Layer l = make_outlier_layer({64}, 256, 128, 4, 8);
   AwqOptions o = options("int3", 64);
   o.clip_search = false;
   const AwqResult no_clip = awq_search(l.x, l.weights, o);
@@ -188,17 +167,17 @@ TEST(AwqSearch, ClipSearchHelpsOrIsDropped) {
 }
 
 TEST(AwqSearch, SingleCalibrationSample) {
-  const Layer l = make_layer({32}, 64, 1, 2, 9);
+  const Layer l = make_outlier_layer({32}, 64, 1, 2, 9);
   const AwqOptions o = options("int4", 32);
   const AwqResult r = awq_search(l.x, l.weights, o);
-  EXPECT_LE(awq_mse(l, r, 0), rtn_mse(l.x, l.weights[0], o.spec) * (1 + 1e-4));
+  EXPECT_LE(awq_mse(l, r, 0), rtn_output_mse(l.x, l.weights[0], o.spec) * (1 + 1e-4));
   // A leading batch dimension is flattened.
   const AwqResult r3 = awq_search(l.x.reshape({1, 1, 64}), l.weights, o);
   EXPECT_TRUE(at::equal(r.scales, r3.scales));
 }
 
 TEST(AwqSearch, NonFiniteAndBadInputsFail) {
-  Layer l = make_layer({16, 16}, 64, 8, 0, 10);
+  Layer l = make_outlier_layer({16, 16}, 64, 8, 0, 10);
   const AwqOptions o = options("int4", 32);
   at::Tensor bad_x = l.x.clone();
   bad_x[3][5] = NAN;
@@ -216,7 +195,7 @@ TEST(AwqSearch, NonFiniteAndBadInputsFail) {
 }
 
 TEST(AwqSearch, SameBitsWithOneAndTwoThreads) {
-  const Layer l = make_layer({64, 48}, 160, 96, 3, 11);
+  const Layer l = make_outlier_layer({64, 48}, 160, 96, 3, 11);
   AwqOptions o = options("int4", 32);
   o.n_grid = 8;  // enough candidates to pick a non-trivial ratio, fewer to run twice
   const int saved = at::get_num_threads();
@@ -266,7 +245,7 @@ TEST(AwqScaleFolding, FoldedModelComputesTheSameOutput) {
 
 TEST(AwqScaleFolding, AwqResultFoldsIntoANorm) {
   // End to end: fold AWQ's scales into an RMSNorm weight and run the packed weight on the norm's output.
-  const Layer l = make_layer({64}, 128, 32, 3, 13);
+  const Layer l = make_outlier_layer({64}, 128, 32, 3, 13);
   const at::Tensor norm_w = at::rand({128}) + 0.5;
   const at::Tensor x = l.x * norm_w;  // what the linear sees
   const AwqResult r = awq_search(x, l.weights, options("int4", 64));

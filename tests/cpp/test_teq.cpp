@@ -8,37 +8,17 @@
 #include <vector>
 
 #include "lwq/teq.h"
+#include "outlier_layers.h"
 #include "test_util.h"
 
 namespace lwq {
 namespace {
 
-struct Layer {
-  at::Tensor x;
-  std::vector<at::Tensor> weights;
-};
+using test::Layer;
+using test::output_mse;
 
-// Gaussian inputs and weights; n_outliers input channels get activations 20-50x larger.
-Layer make_layer(std::vector<int64_t> outs, int64_t in, int64_t n, int64_t n_outliers, uint64_t seed) {
-  at::manual_seed(seed);
-  Layer l;
-  l.x = at::randn({n, in});
-  if (n_outliers > 0) {
-    const at::Tensor channels = at::randperm(in).narrow(0, 0, n_outliers);
-    const at::Tensor factor = at::rand({n_outliers}) * 30 + 20;
-    l.x.index_copy_(1, channels, l.x.index_select(1, channels) * factor);
-  }
-  for (int64_t out : outs) l.weights.push_back(at::randn({out, in}) * 0.02);
-  return l;
-}
-
-double output_mse(const at::Tensor& x, const at::Tensor& w, const at::Tensor& x_used, const at::Tensor& w_hat) {
-  return (x.matmul(w.t()) - x_used.matmul(w_hat.t())).square().mean().item<double>();
-}
-
-double rtn_mse(const at::Tensor& x, const at::Tensor& w, const QuantSpec& spec) {
-  return output_mse(x, w, x, quantize_weight(w, spec.dtype, spec.group_size, spec.sym)->dequantize());
-}
+using test::make_outlier_layer;
+using test::rtn_output_mse;
 
 double teq_mse(const Layer& l, const TeqResult& r, size_t i) {
   return output_mse(l.x, l.weights[i], l.x / r.scales, r.packed[i]->dequantize());
@@ -53,11 +33,11 @@ TeqOptions options(const std::string& dtype, int64_t group_size, int64_t steps, 
 }
 
 TEST(TeqQuantize, BeatsRtnOnOutlierChannels) {
-  const Layer l = make_layer({128}, 256, 256, 5, 21);
+  const Layer l = make_outlier_layer({128}, 256, 256, 5, 21);
   for (const auto& [dtype, gs] : std::vector<std::pair<std::string, int64_t>>{{"int4", 128}, {"int3", 32}}) {
     const TeqOptions o = options(dtype, gs, 200);
     const TeqResult r = teq_quantize(l.x, l.weights, o);
-    const double rtn = rtn_mse(l.x, l.weights[0], o.spec);
+    const double rtn = rtn_output_mse(l.x, l.weights[0], o.spec);
     const double teq = teq_mse(l, r, 0);
     EXPECT_LT(teq, 0.9 * rtn) << dtype << " g" << gs;
     EXPECT_GT(r.best_step, 0) << dtype;
@@ -73,17 +53,17 @@ TEST(TeqQuantize, BeatsRtnOnOutlierChannels) {
 TEST(TeqQuantize, IncFormulationWithoutNormalisation) {
   // INC trains the raw scales; the straight-through gradient then also inflates them all together, which costs
   // progress but must still never end above RTN.
-  const Layer l = make_layer({64}, 128, 128, 4, 28);
+  const Layer l = make_outlier_layer({64}, 128, 128, 4, 28);
   TeqOptions o = options("int4", 64, 100);
   o.normalise_scales = false;
   const TeqResult r = teq_quantize(l.x, l.weights, o);
-  const double rtn = rtn_mse(l.x, l.weights[0], o.spec);
+  const double rtn = rtn_output_mse(l.x, l.weights[0], o.spec);
   EXPECT_LT(teq_mse(l, r, 0), rtn);
   EXPECT_GT(r.scales.log().mean().item<double>(), 0.0) << "expected the common drift upwards";
 }
 
 TEST(TeqQuantize, ZeroStepsIsPlainRtn) {
-  const Layer l = make_layer({40}, 100, 16, 2, 22);
+  const Layer l = make_outlier_layer({40}, 100, 16, 2, 22);
   const TeqResult r = teq_quantize(l.x, l.weights, options("int4", 32, 0, false));
   EXPECT_TRUE(at::equal(r.scales, at::ones({100})));
   EXPECT_EQ(r.best_step, 0);
@@ -94,7 +74,7 @@ TEST(TeqQuantize, ZeroStepsIsPlainRtn) {
 
 TEST(TeqQuantize, GroupedRaggedLinearsNeverWorseThanRtn) {
   // gate and up of an MLP with in 172 (ragged last group), asymmetric int4 and nf4.
-  const Layer l = make_layer({64, 64}, 172, 48, 3, 23);
+  const Layer l = make_outlier_layer({64, 64}, 172, 48, 3, 23);
   for (const auto& [dtype, sym] : std::vector<std::pair<std::string, bool>>{{"int4", false}, {"nf4", true}}) {
     for (int64_t gs : {32, 64, 128}) {
       const TeqOptions o = options(dtype, gs, 60, sym);
@@ -104,7 +84,7 @@ TEST(TeqQuantize, GroupedRaggedLinearsNeverWorseThanRtn) {
       for (size_t i = 0; i < 2; ++i) {
         EXPECT_EQ(r.packed[i]->n_groups(), (172 + gs - 1) / gs);
         teq += teq_mse(l, r, i);
-        rtn += rtn_mse(l.x, l.weights[i], o.spec);
+        rtn += rtn_output_mse(l.x, l.weights[i], o.spec);
       }
       EXPECT_LE(teq, rtn * (1 + 1e-4)) << dtype << " g" << gs;
     }
@@ -112,14 +92,14 @@ TEST(TeqQuantize, GroupedRaggedLinearsNeverWorseThanRtn) {
 }
 
 TEST(TeqQuantize, SingleCalibrationSample) {
-  const Layer l = make_layer({32}, 64, 1, 1, 24);
+  const Layer l = make_outlier_layer({32}, 64, 1, 1, 24);
   const TeqOptions o = options("int4", 32, 50);
   const TeqResult r = teq_quantize(l.x, l.weights, o);
-  EXPECT_LE(teq_mse(l, r, 0), rtn_mse(l.x, l.weights[0], o.spec) * (1 + 1e-4));
+  EXPECT_LE(teq_mse(l, r, 0), rtn_output_mse(l.x, l.weights[0], o.spec) * (1 + 1e-4));
 }
 
 TEST(TeqQuantize, DeterministicForASeed) {
-  const Layer l = make_layer({48}, 96, 200, 3, 25);
+  const Layer l = make_outlier_layer({48}, 96, 200, 3, 25);
   TeqOptions o = options("int3", 32, 60);
   o.batch_size = 32;  // sampled mini-batches
   o.eval_every = 0;   // the end point is compared, so the batches matter
@@ -141,7 +121,7 @@ TEST(TeqQuantize, DeterministicForASeed) {
 }
 
 TEST(TeqQuantize, RunsUnderInferenceMode) {
-  const Layer l = make_layer({16}, 64, 32, 2, 26);
+  const Layer l = make_outlier_layer({16}, 64, 32, 2, 26);
   const TeqOptions o = options("int4", 32, 20);
   const TeqResult plain = teq_quantize(l.x, l.weights, o);
   c10::InferenceMode guard;
@@ -151,7 +131,7 @@ TEST(TeqQuantize, RunsUnderInferenceMode) {
 }
 
 TEST(TeqQuantize, BadInputsFail) {
-  const Layer l = make_layer({16}, 64, 8, 0, 27);
+  const Layer l = make_outlier_layer({16}, 64, 8, 0, 27);
   const TeqOptions o = options("int4", 32, 5);
   at::Tensor bad_x = l.x.clone();
   bad_x[0][0] = NAN;
