@@ -315,12 +315,112 @@ void decode_block(const Args& a, int64_t t0, int64_t m0) {
   }
 }
 
+// One row of x (M = 1, or the last row of a larger M) with integer codes of 2, 4 or 8 bits: per output the same
+// operations in the same order as decode_block<BITS, false, 1, T> (so the bits match every other row block), but
+// register-lean: 3 tiles (6 FMA chains, enough to cover the FMA latency), the outputs kept in memory during the
+// column loop and the field masks read from L1. decode_block<.., 1, 4> ran out of the 16 ymm registers and
+// spilled accumulators, which put a store-to-load round trip inside the FMA chains (about 1.4x slower).
+constexpr int kM1Tiles = 3;
+template <int BITS>
+void decode_m1_int(const Args& a, int64_t t0, int64_t m0) {
+  constexpr int T = kM1Tiles;
+  constexpr int kKpu = kpu_of(BITS), kUb = unit_bytes_of(BITS);
+  const WeightView& w = *a.w;
+  const int64_t tile_bytes = a.tile_bytes;
+  const uint8_t* tp = w.qweight + t0 * tile_bytes;
+  const float* xs = a.xs_a + m0 * w.K_pad;
+  const float* xr = a.x + m0 * a.ldx;
+  const std::vector<Segment>& segs = *a.segs;
+  const int64_t n_segs = static_cast<int64_t>(segs.size());
+  const float* sumx = a.sumx + m0 * n_segs;
+  alignas(32) float ybuf[T][kTileN];
+  alignas(32) __m256i field_masks[kKpu];
+  for (int j = 0; j < kKpu; ++j)
+    field_masks[j] = _mm256_set1_epi32(static_cast<int>(((1u << BITS) - 1u) << (BITS * j)));
+  for (int t = 0; t < T; ++t) {
+    const __m256 b0 = a.bias ? _mm256_maskload_ps(a.bias + (t0 + t) * kTileN, lane_mask(valid_rows(w, t0 + t)))
+                             : _mm256_setzero_ps();
+    _mm256_store_ps(ybuf[t], b0);
+  }
+  for (int64_t si = 0; si < n_segs; ++si) {
+    const Segment& s = segs[si];
+    __m256 acc[T][2];
+    #pragma GCC unroll 8
+    for (int t = 0; t < T; ++t) acc[t][0] = acc[t][1] = _mm256_setzero_ps();
+    // Columns of a unit cut by a group boundary: plain codes against plain x, column by column.
+    auto cut_columns = [&](int64_t k, int64_t end) {
+      for (; k < end; ++k) {
+        const int64_t u = k / kKpu, ku = u * kKpu;
+        const __m256 xb = _mm256_broadcast_ss(xr + k);
+        #pragma GCC unroll 8
+        for (int t = 0; t < T; ++t) {
+          const __m256i code = code_raw_rt(tp + t * tile_bytes + u * kUb, BITS, static_cast<int>(k - ku));
+          acc[t][0] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(code), xb, acc[t][0]);
+        }
+      }
+    };
+    const int64_t ua = (s.k0 + kKpu - 1) / kKpu, ub = s.k1 / kKpu;  // whole units [ua, ub)
+    if (ua >= ub) {
+      cut_columns(s.k0, s.k1);
+    } else {
+      if (s.k0 < ua * kKpu) cut_columns(s.k0, ua * kKpu);
+      for (int64_t u = ua; u < ub; ++u) {
+        const uint8_t* up = tp + u * kUb;
+        __m256i v[T];
+        #pragma GCC unroll 8
+        for (int t = 0; t < T; ++t) v[t] = loadu_si(up + t * tile_bytes);
+        const float* xa = xs + u * kKpu;
+        // The field masks are read from memory at each use: hoisted out of the loop they take 7 registers.
+        const __m256i* masks = field_masks;
+        asm("" : "+r"(masks));
+        unroll<kKpu>([&](auto J) {
+          const __m256 xb = _mm256_broadcast_ss(xa + J);
+          #pragma GCC unroll 8
+          for (int t = 0; t < T; ++t) {
+            // Same value as field_scaled<BITS, J>.
+            const __m256i f = J == kKpu - 1 ? _mm256_srli_epi32(v[t], BITS * J)
+                                            : _mm256_and_si256(v[t], _mm256_load_si256(masks + J));
+            acc[t][J & 1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(f), xb, acc[t][J & 1]);
+          }
+        });
+      }
+      if (ub * kKpu < s.k1) cut_columns(ub * kKpu, s.k1);
+    }
+    const __m256 sx = _mm256_set1_ps(sumx[si]);
+    #pragma GCC unroll 8
+    for (int t = 0; t < T; ++t) {
+      const int64_t off = s.g * w.N_pad + (t0 + t) * kTileN;
+      const __m256 sc = _mm256_loadu_ps(w.scales + off);
+      const __m256 zf = w.zeros ? _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(
+                                      _mm_loadl_epi64(reinterpret_cast<const __m128i*>(w.zeros + off))))
+                                : _mm256_set1_ps(static_cast<float>(sym_zero(BITS)));
+      const __m256 sz = _mm256_mul_ps(sc, zf);
+      __m256 yv = _mm256_fmadd_ps(sc, _mm256_add_ps(acc[t][0], acc[t][1]), _mm256_load_ps(ybuf[t]));
+      yv = _mm256_fnmadd_ps(sz, sx, yv);
+      _mm256_store_ps(ybuf[t], yv);
+    }
+  }
+  for (int t = 0; t < T; ++t) {
+    const int64_t valid = valid_rows(w, t0 + t);
+    float* yp = a.y + m0 * a.ldy + (t0 + t) * kTileN;
+    const __m256 yv = _mm256_load_ps(ybuf[t]);
+    if (valid == kTileN)
+      _mm256_storeu_ps(yp, yv);
+    else
+      _mm256_maskstore_ps(yp, lane_mask(valid), yv);
+  }
+}
+
 // Tiles [tb, te) for rows [m0, m0 + MR): as many tiles side by side as registers allow.
 template <int BITS, bool kTable, int MR>
 void decode_rows(const Args& a, int64_t tb, int64_t te, int64_t m0) {
   constexpr int kT = MR == 1 ? (BITS == 3 ? 2 : 4) : MR == 2 ? 2 : 1;
   int64_t t = tb;
-  for (; t + kT <= te; t += kT) decode_block<BITS, kTable, MR, kT>(a, t, m0);
+  if constexpr (MR == 1 && !kTable && BITS != 3) {
+    for (; t + kM1Tiles <= te; t += kM1Tiles) decode_m1_int<BITS>(a, t, m0);
+  } else {
+    for (; t + kT <= te; t += kT) decode_block<BITS, kTable, MR, kT>(a, t, m0);
+  }
   for (; t < te; ++t) decode_block<BITS, kTable, MR, 1>(a, t, m0);
 }
 
@@ -357,10 +457,11 @@ void decode_path(Args a, int64_t tb, int64_t te) {
     a.sumx = sumx.data();
   }
   // Up to 4 rows share each decoded column; a group of 4 tiles (16 KiB per tile at K = 4096, int4) stays in L2
-  // while the row blocks walk over it.
-  constexpr int64_t kTileGroup = 4;
-  for (int64_t t = tb; t < te; t += kTileGroup) {
-    const int64_t t1 = std::min(te, t + kTileGroup);
+  // while the row blocks walk over it. With a single row block (M <= 4) there is nothing to reuse, and one group
+  // lets decode_rows keep its widest tile blocks.
+  const int64_t tile_group = M <= 4 ? te - tb : 4;
+  for (int64_t t = tb; t < te; t += tile_group) {
+    const int64_t t1 = std::min(te, t + tile_group);
     int64_t m0 = 0;
     for (; m0 + 4 <= M; m0 += 4) decode_rows<BITS, kTable, 4>(a, t, t1, m0);
     switch (M - m0) {
