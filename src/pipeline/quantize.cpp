@@ -155,7 +155,7 @@ QuantizeResult quantize_model(const QuantizeConfig& config) {
   // The plan: which linears are quantized, and every parameter checked before any work.
   QuantizeResult result;
   const std::vector<model::LinearLayer> layers = model::find_linear_layers(module);
-  std::vector<const model::LinearLayer*> todo;
+  std::vector<const model::LinearLayer*> to_quantize;
   std::set<std::string> quantized_weights;
   for (const auto& layer : layers) {
     const std::string pattern = excluded_by(layer.name, config.exclude, exclude);
@@ -164,7 +164,7 @@ QuantizeResult quantize_model(const QuantizeConfig& config) {
     } else if (!pattern.empty()) {
       result.kept_float.push_back({layer.name, layer.shape, "excluded by '" + pattern + "'"});
     } else {
-      todo.push_back(&layer);
+      to_quantize.push_back(&layer);
       quantized_weights.insert(layer.weight_name());
     }
   }
@@ -173,8 +173,8 @@ QuantizeResult quantize_model(const QuantizeConfig& config) {
 
   // One linear at a time: at most one float weight is resident.
   std::map<std::string, PackedWeightPtr> packed;
-  for (size_t i = 0; i < todo.size(); ++i) {
-    const model::LinearLayer& layer = *todo[i];
+  for (size_t i = 0; i < to_quantize.size(); ++i) {
+    const model::LinearLayer& layer = *to_quantize[i];
     QuantizedLayer q;
     q.name = layer.name;
     q.shape = layer.shape;
@@ -196,7 +196,7 @@ QuantizeResult quantize_model(const QuantizeConfig& config) {
     result.float_bytes += q.float_bytes;
     result.packed_bytes += q.packed_bytes;
     if (!config.quiet) {
-      std::cerr << "[" << (i + 1) << "/" << todo.size() << "] " << layer.name << " " << shape_str(layer.shape)
+      std::cerr << "[" << (i + 1) << "/" << to_quantize.size() << "] " << layer.name << " " << shape_str(layer.shape)
                 << " " << q.dtype << " g" << q.group_size << ": weight mse " << q.report.weight_mse << ", "
                 << q.report.seconds << " s" << std::endl;
     }
