@@ -13,7 +13,6 @@
 #include <cstring>
 #include <limits>
 #include <nlohmann/json.hpp>
-#include <sstream>
 
 // The data section is mapped and copied as is: its byte order must be the host's.
 static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "safetensors data is little-endian; this host is not");
@@ -59,14 +58,6 @@ std::string known_dtypes() {
 
 bool is_floating(at::ScalarType t) {
   return t == at::kFloat || t == at::kHalf || t == at::kBFloat16 || t == at::kDouble;
-}
-
-std::string shape_string(const std::vector<int64_t>& shape) {
-  std::ostringstream os;
-  os << '[';
-  for (size_t i = 0; i < shape.size(); ++i) os << (i ? ", " : "") << shape[i];
-  os << ']';
-  return os.str();
 }
 
 // A JSON number that is a non-negative integer representable as int64_t.
@@ -117,7 +108,7 @@ TensorInfo parse_entry(const std::string& path, const std::string& name, const j
   TORCH_CHECK(begin <= end, where, ": data_offsets begin ", begin, " is after end ", end);
   TORCH_CHECK(end <= data_size, where, ": data_offsets end ", end, " is past the end of the data section (", data_size,
               " bytes; the file is truncated or the header is wrong)");
-  TORCH_CHECK(nbytes == end - begin, where, ": shape ", shape_string(info.shape), " of ", info.dtype, " needs ", nbytes,
+  TORCH_CHECK(nbytes == end - begin, where, ": shape ", c10::IntArrayRef(info.shape), " of ", info.dtype, " needs ", nbytes,
               " bytes but data_offsets [", begin, ", ", end, "] span ", end - begin);
   info.begin = static_cast<int64_t>(begin);
   info.end = static_cast<int64_t>(end);

@@ -15,7 +15,6 @@
 #include <memory>
 #include <regex>
 #include <set>
-#include <sstream>
 
 #include "lwq/io/safetensors.h"
 #include "lwq/model/surgery.h"
@@ -27,14 +26,6 @@ namespace pipeline {
 namespace fs = std::filesystem;
 
 namespace {
-
-std::string shape_str(const std::vector<int64_t>& shape) {
-  std::ostringstream s;
-  s << "[";
-  for (size_t i = 0; i < shape.size(); ++i) s << (i ? ", " : "") << shape[i];
-  s << "]";
-  return s.str();
-}
 
 bool same_file(const std::string& a, const std::string& b) {
   std::error_code ec;
@@ -60,7 +51,7 @@ class ParameterSource {
     if (from_store(name)) {
       const std::vector<int64_t> stored = store_->shape(name);
       TORCH_CHECK(stored == archive_value.sizes().vec(), "parameter '", name, "' has shape ",
-                  archive_value.sizes(), " in the model ", config_.model_path, " but ", shape_str(stored),
+                  archive_value.sizes(), " in the model ", config_.model_path, " but ", c10::IntArrayRef(stored),
                   " in the weights ", config_.weights_path);
       return;
     }
@@ -196,7 +187,7 @@ QuantizeResult quantize_model(const QuantizeConfig& config) {
     result.float_bytes += q.float_bytes;
     result.packed_bytes += q.packed_bytes;
     if (!config.quiet) {
-      std::cerr << "[" << (i + 1) << "/" << to_quantize.size() << "] " << layer.name << " " << shape_str(layer.shape)
+      std::cerr << "[" << (i + 1) << "/" << to_quantize.size() << "] " << layer.name << " " << c10::IntArrayRef(layer.shape)
                 << " " << q.dtype << " g" << q.group_size << ": weight mse " << q.report.weight_mse << ", "
                 << q.report.seconds << " s" << std::endl;
     }
