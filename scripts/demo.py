@@ -28,6 +28,7 @@ REPO_DIR = os.path.dirname(SCRIPTS_DIR)
 sys.path.insert(0, SCRIPTS_DIR)
 
 import llama2c  # noqa: E402
+import lwq_llama  # noqa: E402
 
 # (label, dtype, group_size, sym): the round-to-nearest rows of the table.
 RTN_FORMATS = [
@@ -42,8 +43,8 @@ RTN_FORMATS = [
 SAMPLE_FORMAT = ("int4", 32, False)  # the model the greedy sample and the TorchScript round trip use
 ALGO_NOTES = {
     "gptq_quantize": "damp 0.01, block 128, no act order",
-    "awq_search": "20-point scale grid + clip search; 1/s folded into the RMSNorm weights before wq/wk/wv and "
-                  "w1/w3, divided at run time before wo and w2",
+    "awq_search": "20-point scale grid + clip search; 1/s folded into the RMSNorm weights before q/k/v_proj and "
+                  "gate/up_proj, divided at run time before o_proj and down_proj",
 }
 CALIB_SEGMENTS = 128  # GPTQ / AWQ calibration: the LAST paragraphs of the file, disjoint from the eval ones
 
@@ -92,8 +93,8 @@ class WoqLinear(nn.Module):
         return torch.ops.lwq.woq_linear(x, self.packed, None)
 
 
-LINEAR_NAMES = ["attention.wq", "attention.wk", "attention.wv", "attention.wo",
-                "feed_forward.w1", "feed_forward.w2", "feed_forward.w3"]
+LINEAR_NAMES = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+                "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"]
 
 
 def block_linears(block: nn.Module) -> Dict[str, nn.Module]:
@@ -105,7 +106,7 @@ def set_linear(block: nn.Module, name: str, module: nn.Module) -> None:
     setattr(block.get_submodule(parent), attr, module)
 
 
-def linear_fp32_bytes(model: llama2c.LlamaModel) -> int:
+def linear_fp32_bytes(model: lwq_llama.LlamaModel) -> int:
     return sum(m.weight.numel() * 4 for block in model.layers for m in block_linears(block).values())
 
 
@@ -113,7 +114,7 @@ def packed_bytes(model: nn.Module) -> int:
     return sum(m.packed.nbytes() for m in model.modules() if isinstance(m, WoqLinear))
 
 
-def quantize_rtn(model: llama2c.LlamaModel, dtype: str, group_size: int, sym: bool) -> llama2c.LlamaModel:
+def quantize_rtn(model: lwq_llama.LlamaModel, dtype: str, group_size: int, sym: bool) -> lwq_llama.LlamaModel:
     """model with every block Linear replaced in place by a round-to-nearest packed WoqLinear."""
     for block in model.layers:
         for name, lin in block_linears(block).items():
@@ -129,21 +130,20 @@ def quantize_rtn(model: llama2c.LlamaModel, dtype: str, group_size: int, sym: bo
 class BlockInputs:
     """Hidden states entering one block for each calibration batch, with the mask of real (non-padding) tokens."""
 
-    def __init__(self, model: llama2c.LlamaModel, sequences: Sequence[Sequence[int]]):
+    def __init__(self, model: lwq_llama.LlamaModel, sequences: Sequence[Sequence[int]]):
         self.model = model
         self.batches: List[Tuple[torch.Tensor, torch.Tensor]] = []
         with torch.no_grad():
-            for indices in llama2c.length_batches(sequences):
-                tokens, valid = llama2c.pad_batch([sequences[i] for i in indices])
-                self.batches.append((model.tok_embeddings(tokens), valid))
+            for indices in lwq_llama.length_batches(sequences):
+                tokens, valid = lwq_llama.pad_batch([sequences[i] for i in indices])
+                self.batches.append((model.embed_tokens(tokens), valid))
 
     def run(self, block: nn.Module) -> List[torch.Tensor]:
         outs = []
         with torch.no_grad():
             for h, _ in self.batches:
                 T = h.shape[1]
-                out, _, _ = block(h, self.model.rope_cos[:T], self.model.rope_sin[:T], None, None)
-                outs.append(out)
+                outs.append(block(h, self.model.rope_cos[:T], self.model.rope_sin[:T]))
         return outs
 
     def capture(self, block: nn.Module, linear: nn.Module) -> torch.Tensor:
@@ -167,13 +167,13 @@ class BlockInputs:
 
 
 # Linears sharing one input, in the order their inputs become available inside a block.
-LINEAR_GROUPS = [["attention.wq", "attention.wk", "attention.wv"], ["attention.wo"],
-                 ["feed_forward.w1", "feed_forward.w3"], ["feed_forward.w2"]]
+LINEAR_GROUPS = [["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"], ["self_attn.o_proj"],
+                 ["mlp.gate_proj", "mlp.up_proj"], ["mlp.down_proj"]]
 # Norm whose weight produces a group's input (AWQ folds 1/s there); other groups divide at run time.
-GROUP_NORM = {"attention.wq": "attention_norm", "feed_forward.w1": "ffn_norm"}
+GROUP_NORM = {"self_attn.q_proj": "input_layernorm", "mlp.gate_proj": "post_attention_layernorm"}
 
 
-def quantize_sequential(model: llama2c.LlamaModel, calib: Sequence[Sequence[int]],
+def quantize_sequential(model: lwq_llama.LlamaModel, calib: Sequence[Sequence[int]],
                         quantize_group: Callable[[nn.Module, List[str], torch.Tensor], None]) -> None:
     """Block by block, and inside a block group by group: the calibration inputs of a group are computed with every
     earlier linear already quantized (GPTQ's and AWQ's sequential mode)."""
@@ -225,12 +225,12 @@ def decode_tokens_per_s(model: nn.Module, n_tokens: int, repeats: int = 5) -> fl
     best = float("inf")
     for _ in range(repeats):
         t0 = time.process_time()
-        out = llama2c.generate_greedy(model, n_tokens)
+        out = lwq_llama.generate_greedy(model, n_tokens)
         best = min(best, time.process_time() - t0)
     return len(out) / best
 
 
-def load_fp32(data_dir: str) -> Tuple[llama2c.LlamaModel, llama2c.Tokenizer]:
+def load_fp32(data_dir: str) -> Tuple[lwq_llama.LlamaModel, llama2c.Tokenizer]:
     model = llama2c.load_model(os.path.join(data_dir, "stories260K.bin"))
     tokenizer = llama2c.Tokenizer(os.path.join(data_dir, "tok512.bin"))
     return model, tokenizer
@@ -256,7 +256,7 @@ _CHILD = textwrap.dedent("""
     torch.ops.load_library(sys.argv[1])
     model = torch.jit.load(sys.argv[2])
     tokens, expected = torch.load(sys.argv[3])
-    logits, _ = model(tokens, [])
+    logits = model(tokens)
     same = torch.equal(logits, expected)
     print("identical" if same else "DIFFERENT max |diff| %g" % (logits - expected).abs().max().item())
     sys.exit(0 if same else 1)
@@ -268,7 +268,7 @@ def torchscript_round_trip(model: nn.Module, tokens: torch.Tensor, build_dir: st
     logits there equal the eager model's here bit for bit."""
     scripted = torch.jit.script(model)
     with torch.no_grad():
-        expected, _ = model(tokens, [])
+        expected = model(tokens)
     with tempfile.TemporaryDirectory(prefix="lwq_demo_") as tmp:
         archive = os.path.join(tmp, "model.pt")
         io_file = os.path.join(tmp, "io.pt")
@@ -309,9 +309,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"demo: the real model is missing ({model_file} not found). The quality and speed table needs it "
               f"(pass --data DIR holding stories260K.bin, tok512.bin, tinystories_val.txt).")
         print("demo: running only the TorchScript round trip, on a small random-weight model (no quality figures).")
-        cfg = llama2c.Config(dim=64, hidden_dim=172, n_layers=2, n_heads=8, n_kv_heads=4, vocab_size=512,
-                             seq_len=128)
-        model = quantize_rtn(llama2c.random_model(cfg, seed=0), *SAMPLE_FORMAT)
+        cfg = lwq_llama.LlamaConfig(dim=64, hidden_dim=172, n_layers=2, n_heads=8, n_kv_heads=4, vocab_size=512,
+                                    max_seq_len=128)
+        model = quantize_rtn(lwq_llama.random_model(cfg, seed=0), *SAMPLE_FORMAT)
         tokens = torch.randint(0, cfg.vocab_size, (2, 24), generator=torch.Generator().manual_seed(0))
         ok = torchscript_round_trip(model, tokens, args.build, args.threads, "random-weight int4 g32 asym model")
         print(f"demo: done in {time.perf_counter() - start:.1f} s")
@@ -319,11 +319,11 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     fp32_model, tokenizer = load_fp32(args.data)
     cfg_line = (f"model: stories260K ({sum(p.numel() for p in fp32_model.parameters()):,} parameters, "
-                f"{len(fp32_model.layers)} blocks, dim {fp32_model.tok_embeddings.embedding_dim}, vocab "
+                f"{len(fp32_model.layers)} blocks, dim {fp32_model.embed_tokens.embedding_dim}, vocab "
                 f"{fp32_model.vocab_size}); {args.threads} thread(s)")
     text_file = os.path.join(args.data, "tinystories_val.txt")
     eval_seqs = llama2c.eval_sequences(tokenizer, llama2c.read_segments(text_file, args.segments),
-                                       fp32_model.seq_len)
+                                       fp32_model.max_seq_len)
     n_eval_tokens = sum(len(s) - 1 for s in eval_seqs)
     print(cfg_line)
     print(f"eval: mean next-token NLL (nats) over the first {len(eval_seqs)} paragraphs of tinystories_val.txt "
@@ -332,7 +332,7 @@ def main(argv: Optional[List[str]] = None) -> int:
           f"best of 5")
 
     def measure(label: str, model: nn.Module, nbytes: int) -> Dict[str, object]:
-        total, count = llama2c.sequence_nll(model, eval_seqs)
+        total, count = lwq_llama.sequence_nll(model, eval_seqs)
         return {"label": label, "bytes": nbytes, "nll": total / count,
                 "tps": decode_tokens_per_s(model, args.gen_tokens)}
 
@@ -360,7 +360,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             continue
         if calib is None:
             calib_segments = llama2c.read_segments(text_file, CALIB_SEGMENTS, last=True)
-            calib = llama2c.eval_sequences(tokenizer, calib_segments, fp32_model.seq_len)
+            calib = llama2c.eval_sequences(tokenizer, calib_segments, fp32_model.max_seq_len)
             n_calib = sum(len(s) for s in calib)
         t0 = time.perf_counter()
         model = load_fp32(args.data)[0]
@@ -380,7 +380,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(n)
 
     int4_model = quantize_rtn(load_fp32(args.data)[0], *SAMPLE_FORMAT)
-    sample = tokenizer.decode(llama2c.generate_greedy(int4_model, 48))
+    sample = tokenizer.decode(lwq_llama.generate_greedy(int4_model, 48))
     print()
     print("greedy sample, int4 g32 asym (48 tokens from BOS):")
     print(textwrap.indent(textwrap.fill(sample, 100), "  "))

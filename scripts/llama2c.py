@@ -1,9 +1,9 @@
-"""llama2.c checkpoints in plain PyTorch: the legacy .bin reader, a Llama built from nn.Linear layers, and the
-SentencePiece-BPE tokenizer of llama2.c's tokenizer.bin format.
+"""llama2.c files in plain PyTorch: the legacy checkpoint (.bin) reader and the SentencePiece-BPE tokenizer of
+llama2.c's tokenizer.bin format, plus the text helpers of the evaluation protocol.
 
-The model is TorchScript-scriptable (so a copy whose Linears were swapped for packed lwq ops can be saved and
-reloaded without Python), and its forward takes an explicit key/value cache, so one code path serves both
-evaluation (whole sequences) and greedy decoding (one token at a time).
+The model itself is scripts/lwq_llama.py (the exported TorchScript contract); this file maps llama2.c's arrays onto
+its parameter names. The checkpoint is read one tensor at a time (Checkpoint.read), so even a multi-gigabyte file
+is never resident as a whole.
 
 Only torch and the standard library are needed; run with /usr/bin/python3 (Debian's python3-torch).
 """
@@ -13,348 +13,146 @@ import math
 import os
 import re
 import struct
-from dataclasses import dataclass
+import sys
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
-import torch.nn as nn
-import torch.nn.functional as F
 
-BOS = 1
-EOS = 2
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+# The model moved to lwq_llama; these names stay importable from here for existing callers.
+from lwq_llama import (BOS, EOS, LlamaConfig, LlamaModel, generate_greedy, length_batches,  # noqa: E402,F401
+                       pad_batch, rotary_tables, sequence_nll)
+
 BYTE_PIECE_OFFSET = 3  # ids 3..258 are the byte-fallback pieces <0x00>..<0xFF>
 NORM_EPS = 1e-5
 ROPE_THETA = 10000.0
 
 _HEADER = struct.Struct("<7i")
-
-
-@dataclass
-class Config:
-    dim: int
-    hidden_dim: int
-    n_layers: int
-    n_heads: int
-    n_kv_heads: int
-    vocab_size: int
-    seq_len: int
-    shared_classifier: bool = True
-
-    @property
-    def head_size(self) -> int:
-        return self.dim // self.n_heads
-
-    @property
-    def kv_dim(self) -> int:
-        return self.n_kv_heads * self.head_size
-
-    def parameter_count(self) -> int:
-        """Number of fp32 values stored after the header (the legacy format also stores the rotary tables)."""
-        L, d, h, kv = self.n_layers, self.dim, self.hidden_dim, self.kv_dim
-        n = self.vocab_size * d  # token embedding
-        n += L * d  # rms_att
-        n += L * (d * d + 2 * kv * d + d * d)  # wq, wk, wv, wo
-        n += L * d  # rms_ffn
-        n += L * 3 * h * d  # w1, w2, w3
-        n += d  # rms_final
-        n += 2 * self.seq_len * (self.head_size // 2)  # freq_cis_real, freq_cis_imag
-        if not self.shared_classifier:
-            n += self.vocab_size * d
-        return n
+# llama2.c's export.py --version 1/2 files start with this uint32 ("ak42"), then an int32 version.
+VERSIONED_MAGIC = 0x616B3432
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # Checkpoint
 
 
-def read_checkpoint(path: str) -> Tuple[Config, Dict[str, torch.Tensor]]:
-    """Reads a llama2.c legacy checkpoint: 7 int32 header values, then the fp32 arrays in llama2.c's order.
+class Checkpoint:
+    """A llama2.c legacy checkpoint: 7 int32 header values (dim, hidden_dim, n_layers, n_heads, n_kv_heads,
+    vocab_size, seq_len; a negative vocab_size means the classifier is stored separately), then fp32 arrays, each
+    stacked over the layers: token embedding, rms_att, wq, wk, wv, wo, rms_ffn, w1, w2, w3, rms_final,
+    freq_cis_real, freq_cis_imag[, wcls].
 
-    Returns the config and a dict of tensors named as in LlamaModel's state_dict (per-layer arrays split).
-    Raises ValueError naming the file when the header is implausible or the size is not exactly what it implies.
-    """
-    with open(path, "rb") as f:
-        data = f.read()
-    if len(data) < _HEADER.size:
-        raise ValueError(f"{path}: {len(data)} bytes, too short for the 28-byte llama2.c header")
-    dim, hidden, n_layers, n_heads, n_kv_heads, vocab, seq_len = _HEADER.unpack_from(data, 0)
-    shared = vocab > 0
-    cfg = Config(dim, hidden, n_layers, n_heads, n_kv_heads, abs(vocab), seq_len, shared)
-    if min(dim, hidden, n_layers, n_heads, n_kv_heads, cfg.vocab_size, seq_len) <= 0:
-        raise ValueError(f"{path}: not a llama2.c checkpoint, header has a non-positive size: {cfg}")
-    if dim % n_heads != 0 or n_heads % n_kv_heads != 0 or cfg.head_size % 2 != 0:
-        raise ValueError(f"{path}: inconsistent header (dim % n_heads, n_heads % n_kv_heads, even head size "
-                         f"expected): {cfg}")
-    expected = _HEADER.size + 4 * cfg.parameter_count()
-    if len(data) != expected:
-        what = "truncated" if len(data) < expected else "has trailing bytes"
-        raise ValueError(f"{path}: file {what}: the header {cfg} implies {expected} bytes, the file has "
-                         f"{len(data)}")
+    Opening validates the header and that the file size is exactly what it implies (ValueError naming the file);
+    read(name) returns one tensor, under lwq_llama's parameter names."""
 
-    values = torch.frombuffer(bytearray(data[_HEADER.size:]), dtype=torch.float32)
-    offset = 0
+    def __init__(self, path: str):
+        self.path = path
+        size = os.path.getsize(path)
+        with open(path, "rb") as f:
+            head = f.read(_HEADER.size)
+        if len(head) >= 8 and struct.unpack_from("<I", head, 0)[0] == VERSIONED_MAGIC:
+            version = struct.unpack_from("<i", head, 4)[0]
+            raise ValueError(f"{path}: a llama2.c version-{version} export (magic 'ak42') is not supported: "
+                             f"export the model in the legacy format (llama2.c export.py --version 0)")
+        if len(head) < _HEADER.size:
+            raise ValueError(f"{path}: {size} bytes, too short for the 28-byte llama2.c header")
+        dim, hidden, n_layers, n_heads, n_kv_heads, vocab, seq_len = _HEADER.unpack(head)
+        if min(dim, hidden, n_layers, n_heads, n_kv_heads, abs(vocab), seq_len) <= 0:
+            raise ValueError(f"{path}: not a llama2.c checkpoint, header has a non-positive size: dim {dim}, "
+                             f"hidden_dim {hidden}, n_layers {n_layers}, n_heads {n_heads}, n_kv_heads "
+                             f"{n_kv_heads}, vocab_size {vocab}, seq_len {seq_len}")
+        if dim % n_heads != 0 or n_heads % n_kv_heads != 0 or (dim // n_heads) % 2 != 0:
+            raise ValueError(f"{path}: inconsistent header (dim % n_heads, n_heads % n_kv_heads, even head size "
+                             f"expected): dim {dim}, n_heads {n_heads}, n_kv_heads {n_kv_heads}")
+        self.config = LlamaConfig(dim=dim, hidden_dim=hidden, n_layers=n_layers, n_heads=n_heads,
+                                  n_kv_heads=n_kv_heads, vocab_size=abs(vocab), max_seq_len=seq_len,
+                                  norm_eps=NORM_EPS, rope_theta=ROPE_THETA, tied_embeddings=vocab > 0)
+        cfg = self.config
+        L, d, h, kv, V = n_layers, dim, hidden, cfg.kv_dim, cfg.vocab_size
+        half = cfg.head_dim // 2
+        # (array, shape of one layer's slice or of the whole array, stacked over layers, parameter name in a block)
+        arrays = [
+            ("tok_embeddings", (V, d), False, "embed_tokens.weight"),
+            ("rms_att", (d,), True, "input_layernorm.weight"),
+            ("wq", (d, d), True, "self_attn.q_proj.weight"),
+            ("wk", (kv, d), True, "self_attn.k_proj.weight"),
+            ("wv", (kv, d), True, "self_attn.v_proj.weight"),
+            ("wo", (d, d), True, "self_attn.o_proj.weight"),
+            ("rms_ffn", (d,), True, "post_attention_layernorm.weight"),
+            ("w1", (h, d), True, "mlp.gate_proj.weight"),
+            ("w2", (d, h), True, "mlp.down_proj.weight"),
+            ("w3", (h, d), True, "mlp.up_proj.weight"),
+            ("rms_final", (d,), False, "norm.weight"),
+            ("freq_cis_real", (seq_len, half), False, "freq_cis_real"),
+            ("freq_cis_imag", (seq_len, half), False, "freq_cis_imag"),
+        ]
+        if not cfg.tied_embeddings:
+            arrays.append(("wcls", (V, d), False, "lm_head.weight"))
+        # name -> (byte offset, shape)
+        self.locations: Dict[str, Tuple[int, Tuple[int, ...]]] = {}
+        offset = _HEADER.size
+        for _, shape, stacked, name in arrays:
+            n = 4 * math.prod(shape)
+            if stacked:
+                for i in range(L):
+                    self.locations[f"layers.{i}.{name}"] = (offset + i * n, shape)
+                offset += L * n
+            else:
+                self.locations[name] = (offset, shape)
+                offset += n
+        if cfg.tied_embeddings:
+            self.locations["lm_head.weight"] = self.locations["embed_tokens.weight"]
+        if size != offset:
+            what = "truncated" if size < offset else f"has {size - offset} trailing bytes"
+            raise ValueError(f"{path}: file {what}: the header (dim {dim}, hidden_dim {hidden}, n_layers "
+                             f"{n_layers}, n_heads {n_heads}, n_kv_heads {n_kv_heads}, vocab_size {vocab}, seq_len "
+                             f"{seq_len}) implies {offset} bytes, the file has {size}")
 
-    def take(*shape: int) -> torch.Tensor:
-        nonlocal offset
-        n = math.prod(shape)
-        t = values[offset:offset + n].view(*shape).clone()
-        offset += n
-        return t
+    def shape(self, name: str) -> Tuple[int, ...]:
+        if name not in self.locations:
+            raise KeyError(f"{self.path}: no tensor '{name}' in a llama2.c checkpoint")
+        return self.locations[name][1]
 
-    L, d, h, kv, hs = n_layers, dim, hidden, cfg.kv_dim, cfg.head_size
-    sd: Dict[str, torch.Tensor] = {"tok_embeddings.weight": take(cfg.vocab_size, d)}
-    per_layer = [
-        ("attention_norm.weight", (d,)),
-        ("attention.wq.weight", (d, d)),
-        ("attention.wk.weight", (kv, d)),
-        ("attention.wv.weight", (kv, d)),
-        ("attention.wo.weight", (d, d)),
-        ("ffn_norm.weight", (d,)),
-        ("feed_forward.w1.weight", (h, d)),
-        ("feed_forward.w2.weight", (d, h)),
-        ("feed_forward.w3.weight", (h, d)),
-    ]
-    for name, shape in per_layer:
-        stacked = take(L, *shape)
-        for i in range(L):
-            sd[f"layers.{i}.{name}"] = stacked[i].clone()
-    sd["norm.weight"] = take(d)
-    sd["freq_cis_real"] = take(seq_len, hs // 2)
-    sd["freq_cis_imag"] = take(seq_len, hs // 2)
-    sd["output.weight"] = sd["tok_embeddings.weight"] if shared else take(cfg.vocab_size, d)
-    assert offset == values.numel()
-    return cfg, sd
+    def read(self, name: str, start: int = 0, stop: Optional[int] = None) -> torch.Tensor:
+        """One fp32 tensor by lwq_llama parameter name (or freq_cis_real / freq_cis_imag), or its rows
+        start..stop-1 (a part of a large matrix)."""
+        shape = self.shape(name)
+        offset = self.locations[name][0]
+        row = math.prod(shape[1:])
+        stop = shape[0] if stop is None else stop
+        out = torch.empty((stop - start,) + tuple(shape[1:]), dtype=torch.float32)
+        with open(self.path, "rb") as f:
+            f.seek(offset + 4 * row * start)
+            got = f.readinto(memoryview(out.numpy()).cast("B"))
+        if got != out.numel() * 4:
+            raise ValueError(f"{self.path}: tensor '{name}': read {got} of {out.numel() * 4} bytes")
+        return out
 
-
-# ----------------------------------------------------------------------------------------------------------------
-# Model
-
-
-def rotary_tables(head_size: int, seq_len: int, theta: float = ROPE_THETA) -> Tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin [seq_len, head_size / 2] for rotating adjacent pairs (x[2i], x[2i+1]) of each head."""
-    freqs = 1.0 / theta ** (torch.arange(0, head_size, 2, dtype=torch.float64) / head_size)
-    angles = torch.outer(torch.arange(seq_len, dtype=torch.float64), freqs)
-    return torch.cos(angles).float(), torch.sin(angles).float()
-
-
-def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x [B, T, H, hs]; cos/sin [T, hs/2]. Rotates each adjacent pair by its position's angle."""
-    pairs = x.reshape(x.shape[0], x.shape[1], x.shape[2], -1, 2)
-    x0, x1 = pairs[..., 0], pairs[..., 1]
-    c, s = cos[None, :, None, :], sin[None, :, None, :]
-    return torch.stack((x0 * c - x1 * s, x0 * s + x1 * c), dim=-1).flatten(3)
-
-
-class RMSNorm(nn.Module):
-    def __init__(self, dim: int, eps: float = NORM_EPS):
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
-
-
-class Attention(nn.Module):
-    def __init__(self, cfg: Config):
-        super().__init__()
-        self.n_heads = cfg.n_heads
-        self.n_kv_heads = cfg.n_kv_heads
-        self.head_size = cfg.head_size
-        self.wq = nn.Linear(cfg.dim, cfg.dim, bias=False)
-        self.wk = nn.Linear(cfg.dim, cfg.kv_dim, bias=False)
-        self.wv = nn.Linear(cfg.dim, cfg.kv_dim, bias=False)
-        self.wo = nn.Linear(cfg.dim, cfg.dim, bias=False)
-
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, past_k: Optional[torch.Tensor],
-                past_v: Optional[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        B, T = x.shape[0], x.shape[1]
-        q = apply_rotary(self.wq(x).view(B, T, self.n_heads, self.head_size), cos, sin)
-        k = apply_rotary(self.wk(x).view(B, T, self.n_kv_heads, self.head_size), cos, sin)
-        v = self.wv(x).view(B, T, self.n_kv_heads, self.head_size)
-        if past_k is not None and past_v is not None:
-            k = torch.cat((past_k, k), dim=1)
-            v = torch.cat((past_v, v), dim=1)
-        S = k.shape[1]
-        # Grouped-query attention: query head h reads key/value head h // (n_heads / n_kv_heads).
-        rep = self.n_heads // self.n_kv_heads
-        kh = k.transpose(1, 2).repeat_interleave(rep, dim=1)  # [B, H, S, hs]
-        vh = v.transpose(1, 2).repeat_interleave(rep, dim=1)
-        scores = torch.matmul(q.transpose(1, 2), kh.transpose(2, 3)) / math.sqrt(self.head_size)
-        if T > 1:
-            # The T new queries sit at positions S - T .. S - 1: each sees the keys up to its own position.
-            mask = torch.ones(T, S, dtype=torch.bool, device=x.device).tril(S - T)
-            scores = scores.masked_fill(~mask, float("-inf"))
-        out = torch.matmul(F.softmax(scores, dim=-1), vh).transpose(1, 2).reshape(B, T, -1)
-        return self.wo(out), k, v
+    def check_rotary(self) -> None:
+        """The stored rotary tables must be the ones the model computes (theta 10000): another rotary base would
+        load fine and give wrong results."""
+        cos, sin = rotary_tables(self.config)
+        for name, ours in (("freq_cis_real", cos), ("freq_cis_imag", sin)):
+            if not torch.allclose(self.read(name), ours, atol=1e-4):
+                raise ValueError(f"{self.path}: {name} differs from rotary tables with theta {ROPE_THETA}")
 
 
-class FeedForward(nn.Module):
-    def __init__(self, cfg: Config):
-        super().__init__()
-        self.w1 = nn.Linear(cfg.dim, cfg.hidden_dim, bias=False)
-        self.w2 = nn.Linear(cfg.hidden_dim, cfg.dim, bias=False)
-        self.w3 = nn.Linear(cfg.dim, cfg.hidden_dim, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.w2(F.silu(self.w1(x)) * self.w3(x))
-
-
-class TransformerBlock(nn.Module):
-    def __init__(self, cfg: Config):
-        super().__init__()
-        self.attention_norm = RMSNorm(cfg.dim)
-        self.attention = Attention(cfg)
-        self.ffn_norm = RMSNorm(cfg.dim)
-        self.feed_forward = FeedForward(cfg)
-
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, past_k: Optional[torch.Tensor],
-                past_v: Optional[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        a, k, v = self.attention(self.attention_norm(x), cos, sin, past_k, past_v)
-        h = x + a
-        return h + self.feed_forward(self.ffn_norm(h)), k, v
-
-
-class LlamaModel(nn.Module):
-    """forward(tokens [B, T], cache) -> (logits [B, T, vocab], new cache). The cache is a list of (k, v) per layer,
-    each [B, S, n_kv_heads, head_size] (rotary already applied to k); an empty list starts at position 0."""
-
-    def __init__(self, cfg: Config):
-        super().__init__()
-        self.vocab_size = cfg.vocab_size
-        self.seq_len = cfg.seq_len
-        self.tok_embeddings = nn.Embedding(cfg.vocab_size, cfg.dim)
-        self.layers = nn.ModuleList([TransformerBlock(cfg) for _ in range(cfg.n_layers)])
-        self.norm = RMSNorm(cfg.dim)
-        self.output = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
-        cos, sin = rotary_tables(cfg.head_size, cfg.seq_len)
-        self.register_buffer("rope_cos", cos, persistent=False)
-        self.register_buffer("rope_sin", sin, persistent=False)
-
-    def forward(self, tokens: torch.Tensor, cache: List[Tuple[torch.Tensor, torch.Tensor]]
-                ) -> Tuple[torch.Tensor, List[Tuple[torch.Tensor, torch.Tensor]]]:
-        start = 0
-        if len(cache) > 0:
-            start = cache[0][0].shape[1]
-        T = tokens.shape[1]
-        if start + T > self.seq_len:
-            raise ValueError(f"sequence of {start + T} tokens exceeds the model's seq_len {self.seq_len}")
-        cos = self.rope_cos[start:start + T]
-        sin = self.rope_sin[start:start + T]
-        h = self.tok_embeddings(tokens)
-        new_cache: List[Tuple[torch.Tensor, torch.Tensor]] = []
-        for i, layer in enumerate(self.layers):
-            past_k: Optional[torch.Tensor] = None
-            past_v: Optional[torch.Tensor] = None
-            if len(cache) > 0:
-                past_k, past_v = cache[i]
-            h, k, v = layer(h, cos, sin, past_k, past_v)
-            new_cache.append((k, v))
-        return self.output(self.norm(h)), new_cache
-
-
-def build_model(cfg: Config, state: Dict[str, torch.Tensor]) -> LlamaModel:
-    """A LlamaModel in eval mode holding the checkpoint's weights. The stored rotary tables are checked against the
-    ones the model computes (theta 10000), which catches a checkpoint trained with another rotary base."""
-    model = LlamaModel(cfg)
-    weights = {k: v for k, v in state.items() if not k.startswith("freq_cis_")}
-    model.load_state_dict(weights, strict=True)
-    if cfg.shared_classifier:
-        model.output.weight = model.tok_embeddings.weight
-    if "freq_cis_real" in state:
-        for name, ours in (("freq_cis_real", model.rope_cos), ("freq_cis_imag", model.rope_sin)):
-            if not torch.allclose(state[name], ours, atol=1e-4):
-                raise ValueError(f"checkpoint {name} differs from rotary tables with theta {ROPE_THETA}")
-    return model.eval()
+def read_checkpoint(path: str) -> Tuple[LlamaConfig, Dict[str, torch.Tensor]]:
+    """The config and every parameter of a (small) checkpoint, by lwq_llama parameter name."""
+    ckpt = Checkpoint(path)
+    return ckpt.config, {name: ckpt.read(name) for name, _ in ckpt.config.parameter_shapes()}
 
 
 def load_model(path: str) -> LlamaModel:
-    cfg, state = read_checkpoint(path)
-    return build_model(cfg, state)
-
-
-def random_model(cfg: Config, seed: int = 0) -> LlamaModel:
-    """A model of the given shape with seeded random weights (for plumbing checks only: it produces no text)."""
-    gen = torch.Generator().manual_seed(seed)
-    model = LlamaModel(cfg)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("norm.weight"):
-                p.copy_(1.0 + 0.1 * torch.randn(p.shape, generator=gen))
-            else:
-                p.copy_(torch.randn(p.shape, generator=gen) / math.sqrt(p.shape[-1]))
+    """An eager LlamaModel in eval mode holding the checkpoint's weights (rotary tables checked)."""
+    ckpt = Checkpoint(path)
+    ckpt.check_rotary()
+    model = LlamaModel(ckpt.config)
+    model.load_state_dict({name: ckpt.read(name) for name, _ in ckpt.config.parameter_shapes()}, strict=True)
+    if ckpt.config.tied_embeddings:
+        model.lm_head.weight = model.embed_tokens.weight
     return model.eval()
-
-
-@torch.no_grad()
-def generate_greedy(model: nn.Module, steps: int, prompt: Sequence[int] = (BOS,)) -> List[int]:
-    """Greedy decoding as llama2.c's run.c with temperature 0: feeds the prompt, then the argmax of each step, until
-    `steps` positions have been run or BOS comes out. Returns the tokens after the first one (what gets printed)."""
-    prompt = list(prompt)
-    cache: List[Tuple[torch.Tensor, torch.Tensor]] = []
-    logits, cache = model(torch.tensor([prompt[:1]]), cache)
-    out: List[int] = []
-    pos = 0
-    while pos < steps:
-        nxt = prompt[pos + 1] if pos + 1 < len(prompt) else int(logits[0, -1].argmax())
-        pos += 1
-        if nxt == BOS:
-            break
-        out.append(nxt)
-        if pos >= steps:
-            break
-        logits, cache = model(torch.tensor([[nxt]]), cache)
-    return out
-
-
-def length_batches(sequences: Sequence[Sequence[int]], max_tokens: int = 2048) -> List[List[int]]:
-    """Indices of the sequences grouped into batches of similar lengths, each padding to at most max_tokens tokens
-    (a long sequence gets a batch of its own). Attention costs batch * T^2, so mixing lengths would waste most of it
-    on padding."""
-    order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
-    batches: List[List[int]] = []
-    current: List[int] = []
-    for i in order:
-        # Sorted ascending, so sequence i is the longest of the batch if it joins.
-        if current and (len(current) + 1) * len(sequences[i]) > max_tokens:
-            batches.append(current)
-            current = []
-        current.append(i)
-    if current:
-        batches.append(current)
-    return batches
-
-
-def pad_batch(sequences: Sequence[Sequence[int]]) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Right-padded tokens [B, T] (pad id 0) and the mask of real tokens [B, T]."""
-    T = max(len(s) for s in sequences)
-    tokens = torch.zeros(len(sequences), T, dtype=torch.long)
-    valid = torch.zeros(len(sequences), T, dtype=torch.bool)
-    for r, s in enumerate(sequences):
-        tokens[r, :len(s)] = torch.tensor(list(s), dtype=torch.long)
-        valid[r, :len(s)] = True
-    return tokens, valid
-
-
-@torch.no_grad()
-def sequence_nll(model: nn.Module, sequences: Sequence[Sequence[int]]) -> Tuple[float, int]:
-    """Sum of next-token negative log-likelihoods (nats) over all sequences and the number of predicted tokens.
-    Each sequence is scored on its own; batches are right-padded, which causal attention makes harmless (padding
-    only follows the real tokens and its predictions are masked out)."""
-    total, count = 0.0, 0
-    for indices in length_batches(sequences):
-        batch = [sequences[i] for i in indices]
-        T = max(len(s) for s in batch)
-        if T < 2:
-            continue
-        tokens, real = pad_batch(batch)
-        valid = real[:, 1:]  # position t predicts token t + 1
-        logits, _ = model(tokens, [])
-        nll = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).double(),
-                              tokens[:, 1:].reshape(-1), reduction="none").view(len(batch), T - 1)
-        total += float(nll[valid].sum())
-        count += int(valid.sum())
-    return total, count
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -43,11 +43,12 @@ def eval_sequences(tokenizer):
 
 def test_checkpoint_header_and_shapes():
     cfg, state = llama2c.read_checkpoint(str(MODEL))
-    assert (cfg.dim, cfg.hidden_dim, cfg.n_layers, cfg.n_heads, cfg.n_kv_heads, cfg.vocab_size, cfg.seq_len) == \
+    assert (cfg.dim, cfg.hidden_dim, cfg.n_layers, cfg.n_heads, cfg.n_kv_heads, cfg.vocab_size, cfg.max_seq_len) == \
         (64, 172, 5, 8, 4, 512, 512)
-    assert cfg.shared_classifier
-    assert state["layers.0.attention.wk.weight"].shape == (32, 64)
-    assert state["layers.4.feed_forward.w2.weight"].shape == (64, 172)
+    assert cfg.tied_embeddings
+    assert state["layers.0.self_attn.k_proj.weight"].shape == (32, 64)
+    assert state["layers.4.mlp.down_proj.weight"].shape == (64, 172)
+    assert torch.equal(state["lm_head.weight"], state["embed_tokens.weight"])
 
 
 @pytest.mark.parametrize("cut", [1, 4 * 64, 1_000_000])
