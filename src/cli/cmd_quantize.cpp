@@ -14,15 +14,19 @@ namespace cli {
 namespace {
 
 const char* kUsage =
-    "usage: lwq quantize --model M.pt [--weights W] --algo rtn [options] --out Q.pt\n"
+    "usage: lwq quantize --model M.pt [--weights W] --algo rtn|gptq|awq|teq|w8a8 [options] --out Q.pt\n"
     "\n"
-    "Quantizes every linear layer of the TorchScript model M.pt one at a time and writes Q.pt, whose layers call\n"
-    "lwq::woq_linear on packed weights (load it after torch.ops.load_library(\"liblwq_ops.so\")).\n"
+    "Quantizes the linear layers of the TorchScript model M.pt and writes Q.pt, whose layers call lwq::woq_linear\n"
+    "(or lwq::w8a8_linear) on packed weights (load it after torch.ops.load_library(\"liblwq_ops.so\")).\n"
+    "RTN works one linear at a time. The calibrated algorithms work block by block: the repeated blocks (the\n"
+    "longest module list, or --blocks) are read, observed on the cached calibration activations, quantized,\n"
+    "and run quantized to give the next block's inputs, so one block of float weights is resident at a time.\n"
     "\n"
     "  --model M.pt         TorchScript archive; its parameters may be empty (meta)\n"
     "  --weights W          safetensors file, or a directory of shards with model.safetensors.index.json;\n"
     "                       tensors named by qualified parameter name; they win over values in the archive\n"
-    "  --algo rtn           round to nearest (the only algorithm of the layer-wise pipeline so far)\n"
+    "  --algo A             rtn (round to nearest), gptq, awq, teq (weight-only, calibrated), or w8a8 (static\n"
+    "                       int8 activations and per-channel int8 weights: --dtype int8 --group-size -1)\n"
     "  --mse-search         RTN: per-group clip-ratio search minimising the weight error\n"
     "  --dtype D            int8, int4 (default), int4_fullrange, int3, int2, nf4, fp4_e2m1\n"
     "  --group-size G       input columns per group, -1 for one group per output channel (default 128)\n"
@@ -31,6 +35,25 @@ const char* kUsage =
     "                       which keeps the output head float: (^|\\.)(lm_head|output)$\n"
     "  --no-default-exclude quantize the output head too\n"
     "  --out Q.pt           output archive, written atomically; must differ from the inputs\n"
+    "calibration (gptq, awq, teq, w8a8):\n"
+    "  --calib-tensors F    safetensors file with input_ids [N, L] (token ids; or inputs [N, ...] for models\n"
+    "                       whose forward takes a float tensor); each row is one calibration sample\n"
+    "  --nsamples N         use the first N rows (default: all)\n"
+    "  --blocks NAME        the module list whose children are the blocks (default: the longest one found;\n"
+    "                       a model without one is calibrated as a single block)\n"
+    "  --no-layer-wise      load every weight first (in-memory reference mode; same result, more memory)\n"
+    "  --no-true-sequential gptq: observe all linears of a block once, on float inputs\n"
+    "  --act-order          gptq: columns by decreasing Hessian diagonal (g_idx stored)\n"
+    "  --percdamp F         gptq: damping as a fraction of the mean Hessian diagonal (default 0.01)\n"
+    "  --gptq-block-size N  gptq: columns per lazy update block (default 128)\n"
+    "  --no-clip-search     awq: scale search only\n"
+    "  --awq-grid N         awq: scale ratios tried (default 20)\n"
+    "  --teq-steps N        teq: Adam steps per group (default 1000)\n"
+    "  --teq-lr F           teq: learning rate (default 1e-3)\n"
+    "  --observer K         w8a8: minmax (default), ema, percentile, kl\n"
+    "  --act-dtype D        w8a8: uint8 (default, asymmetric) or int8 (symmetric)\n"
+    "  --smoothquant A      w8a8: SmoothQuant with migration strength A in [0, 1] (e.g. 0.5)\n"
+    "\n"
     "  --report R.json      per-layer report (shape, dtype, group size, weight MSE, seconds) and totals\n"
     "  --threads N          intra-op threads (default: libtorch's default)\n"
     "  --quiet              no per-layer progress on stderr\n";
@@ -76,6 +99,39 @@ int run_quantize(Args args) {
     } else if (a == "--threads") {
       threads = args.int_value();
       if (threads < 1) throw UsageError("--threads must be at least 1");
+    } else if (a == "--calib-tensors") {
+      config.calib_tensors = args.value();
+    } else if (a == "--nsamples") {
+      config.nsamples = args.int_value();
+      if (config.nsamples < 1) throw UsageError("--nsamples must be at least 1");
+    } else if (a == "--blocks") {
+      config.blocks = args.value();
+    } else if (a == "--no-layer-wise") {
+      config.layer_wise = false;
+    } else if (a == "--no-true-sequential") {
+      config.true_sequential = false;
+    } else if (a == "--act-order") {
+      config.gptq.act_order = true;
+    } else if (a == "--percdamp") {
+      config.gptq.percdamp = args.float_value();
+    } else if (a == "--gptq-block-size") {
+      config.gptq.block_size = args.int_value();
+    } else if (a == "--no-clip-search") {
+      config.awq.clip_search = false;
+    } else if (a == "--awq-grid") {
+      config.awq.n_grid = args.int_value();
+    } else if (a == "--teq-steps") {
+      config.teq.steps = args.int_value();
+    } else if (a == "--teq-lr") {
+      config.teq.lr = args.float_value();
+    } else if (a == "--observer") {
+      config.observer = args.value();
+    } else if (a == "--act-dtype") {
+      config.act_dtype = args.value();
+    } else if (a == "--smoothquant") {
+      config.smoothquant_alpha = args.float_value();
+      if (!(config.smoothquant_alpha >= 0 && config.smoothquant_alpha <= 1))
+        throw UsageError("--smoothquant needs a strength in [0, 1]");
     } else if (a == "--quiet") {
       config.quiet = true;
     } else {
@@ -84,7 +140,7 @@ int run_quantize(Args args) {
   }
   if (config.model_path.empty()) throw UsageError("quantize: --model is required");
   if (config.out_path.empty()) throw UsageError("quantize: --out is required");
-  if (!algo_given) throw UsageError("quantize: --algo is required (rtn)");
+  if (!algo_given) throw UsageError("quantize: --algo is required (rtn, gptq, awq, teq or w8a8)");
   config.exclude = exclude;
   if (exclude.empty() && default_exclude) config.exclude = {lwq::pipeline::kDefaultExclude};
   if (threads > 0) at::set_num_threads(static_cast<int>(threads));

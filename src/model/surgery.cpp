@@ -178,49 +178,130 @@ bool is_quantized(const jit::Module& root) {
 
 void install_packed_weights(jit::Module& root, const std::vector<LinearLayer>& layers,
                             const std::map<std::string, PackedWeightPtr>& packed) {
+  std::map<std::string, PackedLinear> linears;
+  for (const auto& entry : packed) linears[entry.first].weight = entry.second;
+  install_packed_linears(root, layers, linears);
+}
+
+namespace {
+
+// How the call sites of one (owner type, weight attribute) are rewritten: decided over all its instances.
+struct CallPlan {
+  std::set<const c10::ivalue::Object*> quantized;  // the quantized instances
+  bool all_quantized = false;       // else the packed attribute is Optional and float instances keep aten::linear
+  bool any_input_scale = false;
+  bool all_input_scale = false;     // every instance has a scale: a plain Tensor attribute, no branch
+  c10::optional<std::string> w8a8;  // the activation dtype when the instances are W8A8
+  std::string first_layer;          // for messages
+};
+
+// x -> x * scale (or x unchanged on instances without a scale, when the attribute is Optional).
+jit::Value* insert_input_scale(jit::Graph& graph, jit::Value* owner, jit::Value* x, const std::string& attr,
+                               bool optional) {
+  jit::Value* s = graph.insertGetAttr(owner, attr);
+  if (!optional) return graph.insert(c10::aten::mul, {x, s});
+  jit::Value* none = graph.insertConstant(c10::IValue());
+  jit::Value* has = graph.insert(c10::aten::__isnot__, {s, none});
+  jit::Node* branch = graph.insertNode(graph.create(c10::prim::If, {has}, 1));
+  branch->output()->setType(c10::TensorType::get());
+  jit::Block* then_block = branch->addBlock();
+  jit::Block* else_block = branch->addBlock();
+  {
+    jit::WithInsertPoint in_then(then_block);
+    jit::Value* unwrapped = graph.insertUncheckedCast(s, c10::TensorType::get());
+    then_block->registerOutput(graph.insert(c10::aten::mul, {x, unwrapped}));
+  }
+  else_block->registerOutput(x);
+  return branch->output();
+}
+
+}  // namespace
+
+void install_packed_linears(jit::Module& root, const std::vector<LinearLayer>& layers,
+                            const std::map<std::string, PackedLinear>& packed) {
   const auto packed_type = c10::getCustomClassType<PackedWeightPtr>();
-  // 1. Which instances of each (owner type, weight attribute) are quantized.
+  // 1. Check every layer and decide, per shared type, how its call sites are rewritten.
   std::map<std::string, const LinearLayer*> by_name;
   for (const auto& layer : layers) by_name[layer.name] = &layer;
-  std::map<TypeAttr, std::set<const c10::ivalue::Object*>> quantized_instances;
+  std::map<TypeAttr, CallPlan> plans;
   for (const auto& entry : packed) {
     const auto it = by_name.find(entry.first);
     TORCH_CHECK(it != by_name.end(), "install_packed_weights: '", entry.first, "' is not a linear layer of the model");
     const LinearLayer& layer = *it->second;
+    const PackedLinear& p = entry.second;
     TORCH_CHECK(layer.quantizable, "install_packed_weights: layer '", layer.name, "' cannot be quantized: ",
                 layer.why_not);
-    TORCH_CHECK(entry.second, "install_packed_weights: layer '", layer.name, "' has no packed weight");
+    TORCH_CHECK(p.weight, "install_packed_weights: layer '", layer.name, "' has no packed weight");
     const auto& w = layer.shape;
-    TORCH_CHECK(entry.second->out_features() == w[0] && entry.second->in_features() == w[1],
+    TORCH_CHECK(p.weight->out_features() == w[0] && p.weight->in_features() == w[1],
                 "install_packed_weights: layer '", layer.name, "' has a weight of shape [", w[0], ", ", w[1],
-                "] but its packed weight is [", entry.second->out_features(), ", ", entry.second->in_features(), "]");
+                "] but its packed weight is [", p.weight->out_features(), ", ", p.weight->in_features(), "]");
+    TORCH_CHECK(!p.input_scale.defined() || (p.input_scale.dim() == 1 && p.input_scale.size(0) == w[1]),
+                "install_packed_weights: layer '", layer.name, "' has an input scale of shape ",
+                p.input_scale.sizes(), ", expected [", w[1], "]");
     TORCH_CHECK(!layer.module.type()->hasAttribute(layer.packed_attr()), "install_packed_weights: layer '",
                 layer.name, "' already has an attribute '", layer.packed_attr(), "'");
-    quantized_instances[{layer.module.type().get(), layer.weight_attr}].insert(layer.module._ivalue().get());
+    CallPlan& plan = plans[{layer.module.type().get(), layer.weight_attr}];
+    const c10::optional<std::string> w8a8 =
+        p.activation ? c10::optional<std::string>(p.activation->dtype) : c10::nullopt;
+    if (plan.quantized.empty()) {
+      plan.w8a8 = w8a8;
+      plan.first_layer = layer.name;
+    }
+    TORCH_CHECK(plan.w8a8 == w8a8, "install_packed_weights: layers '", plan.first_layer, "' and '", layer.name,
+                "' share one module type (one forward graph) but not one kind of call (weight-only or W8A8 with "
+                "one activation dtype); quantize them alike or exclude one of them");
+    plan.any_input_scale |= p.input_scale.defined();
+    plan.quantized.insert(layer.module._ivalue().get());
   }
   // Nothing is modified above this line, so a refused call leaves the module as it was.
 
-  // 2. The packed attribute on every instance of an affected type: PackedWeight when all of them are quantized,
-  // Optional[PackedWeight] (None on the float ones) when the type's instances differ.
-  std::map<TypeAttr, c10::TypePtr> attr_types;
+  // 2. Attributes on every instance of an affected type. Float instances (and instances without a scale) get
+  // None in Optional attributes; their call keeps the float path.
   const auto modules = root.named_modules();
-  for (const auto& entry : quantized_instances) {
+  for (auto& entry : plans) {
+    CallPlan& plan = entry.second;
     std::vector<jit::Module> instances;
-    for (const auto& item : modules) {
-      if (item.value.type().get() == entry.first.first) instances.push_back(item.value);
-    }
     std::set<const c10::ivalue::Object*> distinct;
-    for (const auto& m : instances) distinct.insert(m._ivalue().get());
-    const bool all = distinct.size() == entry.second.size();
-    const c10::TypePtr type = all ? c10::TypePtr(packed_type) : c10::OptionalType::create(packed_type);
-    attr_types[entry.first] = type;
+    for (const auto& item : modules) {
+      if (item.value.type().get() != entry.first.first) continue;
+      if (distinct.insert(item.value._ivalue().get()).second) instances.push_back(item.value);
+    }
+    plan.all_quantized = distinct.size() == plan.quantized.size();
+    plan.all_input_scale = plan.all_quantized;
+    for (const auto& e : packed) {
+      const LinearLayer& layer = *by_name.at(e.first);
+      if (layer.module.type().get() == entry.first.first && layer.weight_attr == entry.first.second &&
+          !e.second.input_scale.defined())
+        plan.all_input_scale = false;
+    }
     const std::string attr = LinearLayer::packed_attr_for(entry.first.second);
-    for (auto& m : instances) m.register_attribute(attr, type, c10::IValue());
+    const c10::TypePtr weight_type =
+        plan.all_quantized ? c10::TypePtr(packed_type) : c10::OptionalType::create(packed_type);
+    for (auto& m : instances) {
+      m.register_attribute(attr, weight_type, c10::IValue());
+      if (plan.any_input_scale) {
+        const c10::TypePtr t = plan.all_input_scale ? c10::TypePtr(c10::TensorType::get())
+                                                    : c10::OptionalType::create(c10::TensorType::get());
+        m.register_attribute(attr + "_input_scale", t, c10::IValue());
+      }
+      if (plan.w8a8) {
+        m.register_attribute(attr + "_act_scale", c10::FloatType::get(), c10::IValue(1.0));
+        m.register_attribute(attr + "_act_zero_point", c10::IntType::get(), c10::IValue(int64_t{0}));
+      }
+    }
   }
   for (const auto& entry : packed) {
     const LinearLayer& layer = *by_name.at(entry.first);
+    const PackedLinear& p = entry.second;
     jit::Module m = layer.module;
-    m.setattr(layer.packed_attr(), c10::IValue(entry.second));
+    const std::string attr = layer.packed_attr();
+    m.setattr(attr, c10::IValue(p.weight));
+    if (p.input_scale.defined()) m.setattr(attr + "_input_scale", p.input_scale.to(at::kFloat).contiguous());
+    if (p.activation) {
+      m.setattr(attr + "_act_scale", p.activation->scale);
+      m.setattr(attr + "_act_zero_point", p.activation->zero_point);
+    }
     const at::Tensor old = m.attr(layer.weight_attr).toTensor();
     // No float copy remains in the quantized module: the weight becomes an empty tensor.
     m.setattr(layer.weight_attr, at::empty({0}, at::kFloat).set_requires_grad(old.requires_grad()));
@@ -229,11 +310,13 @@ void install_packed_weights(jit::Module& root, const std::vector<LinearLayer>& l
   // 3. Rewrite the call sites, once per shared graph.
   const Analysis a = analyze(root);
   const c10::Symbol woq_linear = c10::Symbol::fromQualString("lwq::woq_linear");
+  const c10::Symbol w8a8_linear = c10::Symbol::fromQualString("lwq::w8a8_linear");
   std::set<jit::Graph*> touched;
   for (const auto& entry : a.sites) {  // each shared graph once, whatever the number of instances
     for (const CallSite& site : entry.second) {
-      const TypeAttr key{site.owner_type.get(), site.weight_attr};
-      if (!quantized_instances.count(key)) continue;
+      const auto found = plans.find({site.owner_type.get(), site.weight_attr});
+      if (found == plans.end()) continue;
+      const CallPlan& plan = found->second;
       jit::Graph& graph = *site.graph;
       jit::Node* linear = site.linear;
       jit::Value* x = linear->input(0);
@@ -241,12 +324,22 @@ void install_packed_weights(jit::Module& root, const std::vector<LinearLayer>& l
       jit::Value* bias = linear->input(2);
       jit::Value* owner = weight->node()->input();
       const std::string attr = LinearLayer::packed_attr_for(site.weight_attr);
-      const bool optional = attr_types.at(key)->kind() == c10::TypeKind::OptionalType;
       jit::WithInsertPoint guard(linear);
+      // The quantized call on packed weight p (inserted at the current insertion point).
+      auto quantized_call = [&](jit::Value* p) {
+        jit::Value* xq = plan.any_input_scale
+                             ? insert_input_scale(graph, owner, x, attr + "_input_scale", !plan.all_input_scale)
+                             : x;
+        if (!plan.w8a8) return graph.insert(woq_linear, {xq, p, bias});
+        jit::Value* act_scale = graph.insertGetAttr(owner, attr + "_act_scale");
+        jit::Value* act_zero_point = graph.insertGetAttr(owner, attr + "_act_zero_point");
+        jit::Value* act_dtype = graph.insertConstant(c10::IValue(*plan.w8a8));
+        return graph.insert(w8a8_linear, {xq, p, act_scale, act_zero_point, bias, act_dtype});
+      };
       jit::Value* p = graph.insertGetAttr(owner, attr);
       jit::Value* y = nullptr;
-      if (!optional) {
-        y = graph.insert(woq_linear, {x, p, bias});
+      if (plan.all_quantized) {
+        y = quantized_call(p);
       } else {
         jit::Value* none = graph.insertConstant(c10::IValue());
         jit::Value* is_packed = graph.insert(c10::aten::__isnot__, {p, none});
@@ -256,8 +349,7 @@ void install_packed_weights(jit::Module& root, const std::vector<LinearLayer>& l
         jit::Block* else_block = branch->addBlock();
         {
           jit::WithInsertPoint in_then(then_block);
-          jit::Value* unwrapped = graph.insertUncheckedCast(p, packed_type);
-          then_block->registerOutput(graph.insert(woq_linear, {x, unwrapped, bias}));
+          then_block->registerOutput(quantized_call(graph.insertUncheckedCast(p, packed_type)));
         }
         {
           jit::WithInsertPoint in_else(else_block);

@@ -16,9 +16,11 @@
 #include <regex>
 #include <set>
 
+#include "blockwise.h"
 #include "lwq/io/safetensors.h"
 #include "lwq/model/surgery.h"
 #include "lwq/rtn.h"
+#include "parameter_source.h"
 
 namespace lwq {
 namespace pipeline {
@@ -32,45 +34,6 @@ bool same_file(const std::string& a, const std::string& b) {
   if (fs::exists(a, ec) && fs::exists(b, ec)) return fs::equivalent(a, b, ec);
   return fs::weakly_canonical(a, ec) == fs::weakly_canonical(b, ec);
 }
-
-// A value the archive cannot provide: a meta tensor, or an empty one standing for a missing parameter.
-bool is_empty_in_archive(const at::Tensor& t) { return t.is_meta() || (t.numel() == 0 && t.dim() > 0); }
-
-// The float value of a parameter: from the store when it has one (it wins over values in the archive: the user
-// asked for those weights), else from the archive when it holds real values.
-class ParameterSource {
- public:
-  ParameterSource(const QuantizeConfig& config) : config_(config) {
-    if (!config.weights_path.empty()) store_ = std::make_unique<io::WeightStore>(config.weights_path);
-  }
-
-  bool from_store(const std::string& name) const { return store_ && store_->contains(name); }
-
-  // Checks the parameter can be provided with `archive_value`'s shape, without reading it.
-  void check(const std::string& name, const at::Tensor& archive_value) const {
-    if (from_store(name)) {
-      const std::vector<int64_t> stored = store_->shape(name);
-      TORCH_CHECK(stored == archive_value.sizes().vec(), "parameter '", name, "' has shape ",
-                  archive_value.sizes(), " in the model ", config_.model_path, " but ", c10::IntArrayRef(stored),
-                  " in the weights ", config_.weights_path);
-      return;
-    }
-    TORCH_CHECK(!is_empty_in_archive(archive_value), "parameter '", name, "' is empty (",
-                archive_value.is_meta() ? "meta" : "0 elements", ") in the model ", config_.model_path, " and ",
-                store_ ? "the weights " + config_.weights_path + " have no tensor of that name"
-                       : std::string("no weights file was given (--weights)"));
-  }
-
-  at::Tensor load(const std::string& name, const at::Tensor& archive_value) const {
-    check(name, archive_value);
-    if (!from_store(name)) return archive_value;
-    return store_->load(name).to(archive_value.scalar_type()).set_requires_grad(archive_value.requires_grad());
-  }
-
- private:
-  const QuantizeConfig& config_;
-  std::unique_ptr<io::WeightStore> store_;
-};
 
 std::string excluded_by(const std::string& name, const std::vector<std::string>& patterns,
                         const std::vector<std::regex>& regexes) {
@@ -87,10 +50,15 @@ void check_config(const QuantizeConfig& config) {
               " is not a readable file");
   TORCH_CHECK(config.weights_path.empty() || fs::exists(config.weights_path), "quantize: weights ",
               config.weights_path, ": no such file or directory");
-  TORCH_CHECK(config.algorithm == "rtn",
-              "quantize: algorithm '", config.algorithm, "' is not available in the layer-wise pipeline; "
-              "available: rtn (gptq, awq and teq need calibration inputs, which this pipeline does not feed yet)");
-  for (const std::string& input : {config.model_path, config.weights_path}) {
+  const std::set<std::string> algorithms = {"rtn", "gptq", "awq", "teq", "w8a8"};
+  TORCH_CHECK(algorithms.count(config.algorithm), "quantize: unknown algorithm '", config.algorithm,
+              "'; available: rtn, gptq, awq, teq, w8a8");
+  TORCH_CHECK(config.algorithm == "rtn" || !config.calib_tensors.empty(), "quantize: --algo ", config.algorithm,
+              " needs calibration inputs: --calib-tensors FILE (safetensors holding input_ids [N, L])");
+  TORCH_CHECK(config.calib_tensors.empty() || fs::is_regular_file(config.calib_tensors),
+              "quantize: calibration file ", config.calib_tensors, " is not a readable file");
+  TORCH_CHECK(config.nsamples >= 0, "quantize: --nsamples must be >= 0, got ", config.nsamples);
+  for (const std::string& input : {config.model_path, config.weights_path, config.calib_tensors}) {
     if (input.empty()) continue;
     TORCH_CHECK(!same_file(config.out_path, input), "quantize: the output ", config.out_path,
                 " is an input file; write the quantized model to a new path");
@@ -162,41 +130,61 @@ QuantizeResult quantize_model(const QuantizeConfig& config) {
   std::vector<model::NamedTensorSlot> slots = model::parameter_slots(module);
   for (const auto& slot : slots) source.check(slot.name, slot.value());
 
-  // One linear at a time: at most one float weight is resident.
-  std::map<std::string, PackedWeightPtr> packed;
-  for (size_t i = 0; i < to_quantize.size(); ++i) {
-    const model::LinearLayer& layer = *to_quantize[i];
-    QuantizedLayer q;
-    q.name = layer.name;
-    q.shape = layer.shape;
-    q.dtype = config.spec.dtype;
-    q.group_size = config.spec.group_size;
-    q.sym = config.spec.sym;
-    {
-      const at::Tensor weight =
-          source.load(layer.weight_name(), layer.module.attr(layer.weight_attr).toTensor()).to(at::kFloat);
-      check_finite(weight, "layer '" + layer.name + "': weight '" + layer.weight_name() + "'");
-      try {
-        packed[layer.name] = rtn_quantize(weight, config.spec, config.mse_search, &q.report);
-      } catch (const c10::Error& e) {
-        TORCH_CHECK(false, "layer '", layer.name, "': ", e.what_without_backtrace());
-      }
+  // In-memory mode: every parameter first, as a float model would be held (the reference for layer-wise runs).
+  std::set<std::string> filled;  // parameters whose final float value the module already holds
+  if (!config.layer_wise) {
+    for (auto& slot : slots) {
+      slot.set(source.load(slot.name, slot.value()));
+      filled.insert(slot.name);
     }
-    q.float_bytes = layer.shape[0] * layer.shape[1] * static_cast<int64_t>(sizeof(float));
-    q.packed_bytes = packed[layer.name]->nbytes();
+  }
+
+  std::map<std::string, model::PackedLinear> packed;
+  if (config.algorithm == "rtn") {
+    // One linear at a time: at most one float weight is resident.
+    for (size_t i = 0; i < to_quantize.size(); ++i) {
+      const model::LinearLayer& layer = *to_quantize[i];
+      QuantizedLayer q;
+      q.name = layer.name;
+      q.shape = layer.shape;
+      q.dtype = config.spec.dtype;
+      q.group_size = config.spec.group_size;
+      q.sym = config.spec.sym;
+      {
+        const at::Tensor current = layer.module.attr(layer.weight_attr).toTensor();
+        const at::Tensor weight =
+            (filled.count(layer.weight_name()) ? current : source.load(layer.weight_name(), current)).to(at::kFloat);
+        check_finite(weight, "layer '" + layer.name + "': weight '" + layer.weight_name() + "'");
+        try {
+          packed[layer.name].weight = rtn_quantize(weight, config.spec, config.mse_search, &q.report);
+        } catch (const c10::Error& e) {
+          TORCH_CHECK(false, "layer '", layer.name, "': ", e.what_without_backtrace());
+        }
+      }
+      q.float_bytes = layer.shape[0] * layer.shape[1] * static_cast<int64_t>(sizeof(float));
+      q.packed_bytes = packed[layer.name].weight->nbytes();
+      if (!config.quiet) {
+        std::cerr << "[" << (i + 1) << "/" << to_quantize.size() << "] " << layer.name << " "
+                  << c10::IntArrayRef(layer.shape) << " " << q.dtype << " g" << q.group_size << ": weight mse "
+                  << q.report.weight_mse << ", " << q.report.seconds << " s" << std::endl;
+      }
+      result.quantized.push_back(std::move(q));
+    }
+  } else {
+    packed = quantize_blockwise(config, module, source, to_quantize, filled, result);
+  }
+  for (const auto& q : result.quantized) {
     result.float_bytes += q.float_bytes;
     result.packed_bytes += q.packed_bytes;
-    if (!config.quiet) {
-      std::cerr << "[" << (i + 1) << "/" << to_quantize.size() << "] " << layer.name << " " << c10::IntArrayRef(layer.shape)
-                << " " << q.dtype << " g" << q.group_size << ": weight mse " << q.report.weight_mse << ", "
-                << q.report.seconds << " s" << std::endl;
-    }
-    result.quantized.push_back(std::move(q));
   }
 
   // Everything else keeps float values, now materialized.
   for (auto& slot : slots) {
     if (quantized_weights.count(slot.name)) continue;
+    if (filled.count(slot.name)) {
+      ++(source.from_store(slot.name) ? result.params_from_store : result.params_from_archive);
+      continue;
+    }
     const at::Tensor current = slot.value();
     if (source.from_store(slot.name)) {
       slot.set(source.load(slot.name, current));
@@ -205,9 +193,16 @@ QuantizeResult quantize_model(const QuantizeConfig& config) {
       ++result.params_from_archive;
     }
   }
-  model::install_packed_weights(module, layers, packed);
+  model::install_packed_linears(module, layers, packed);
 
-  io::atomic_write(config.out_path, [&](const std::string& tmp) { module.save(tmp); });
+  // Saved through a stream: the archive's inner folder name is then fixed ("archive"), not the temporary file's
+  // name, so the same inputs give the same bytes.
+  io::atomic_write(config.out_path, [&](const std::string& tmp) {
+    std::ofstream out(tmp, std::ios::binary);
+    module.save(out);
+    out.close();
+    TORCH_CHECK(out, "quantize: cannot write ", tmp);
+  });
   result.peak_rss_bytes = proc_status_bytes("VmHWM");
   result.rss_anon_bytes = proc_status_bytes("RssAnon");
   result.rss_file_bytes = proc_status_bytes("RssFile");
@@ -236,12 +231,16 @@ std::string report_json(const QuantizeConfig& config, const QuantizeResult& resu
                   {"sym", q.sym},
                   {"algorithm", q.report.algorithm},
                   {"weight_mse", finite_or_null(q.report.weight_mse)},
+                  {"output_mse", finite_or_null(q.report.output_mse)},
+                  {"rtn_output_mse", finite_or_null(q.report.baseline_output_mse)},
                   {"seconds", q.report.seconds},
                   {"float_bytes", q.float_bytes},
                   {"packed_bytes", q.packed_bytes}};
     if (!q.report.adjustments.empty()) entry["adjustments"] = q.report.adjustments;
     layers.push_back(entry);
   }
+  json folds = json::array();
+  for (const auto& f : result.folds) folds.push_back({{"layers", f.layers}, {"applied", f.applied}});
   json kept = json::array();
   for (const auto& f : result.kept_float) kept.push_back({{"name", f.name}, {"shape", f.shape}, {"reason", f.reason}});
   json report = {
@@ -252,6 +251,13 @@ std::string report_json(const QuantizeConfig& config, const QuantizeResult& resu
       {"mse_search", config.mse_search},
       {"spec", {{"dtype", config.spec.dtype}, {"group_size", config.spec.group_size}, {"sym", config.spec.sym}}},
       {"exclude", config.exclude},
+      {"calibration",
+       {{"file", config.calib_tensors},
+        {"samples", result.calibration_samples},
+        {"blocks", result.blocks},
+        {"block_count", result.block_count},
+        {"layer_wise", config.layer_wise}}},
+      {"scale_folds", folds},
       {"layers", layers},
       {"kept_float", kept},
       {"totals",

@@ -220,7 +220,8 @@ def test_already_quantized_model_is_refused(models, tmp_path):
 
 def test_unsupported_algorithm_and_bad_options(models, tmp_path):
     base = ["quantize", "--model", models / "traced.pt", "--out", tmp_path / "q.pt"]
-    assert_fails(lwq(*base, "--algo", "gptq"), "gptq", "rtn")
+    assert_fails(lwq(*base, "--algo", "gptq"), "gptq", "--calib-tensors")
+    assert_fails(lwq(*base, "--algo", "sparsegpt"), "sparsegpt", "rtn, gptq, awq, teq, w8a8")
     assert_fails(lwq(*base, "--algo", "rtn", "--dtype", "int5"), "int5")
     assert_fails(lwq(*base, "--algo", "rtn", "--group-size", "abc"), "--group-size")
     assert_fails(lwq(*base, "--algo", "rtn", "--dtype", "nf4", "--asym"), "nf4")

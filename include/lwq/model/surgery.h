@@ -54,6 +54,30 @@ bool is_quantized(const torch::jit::Module& root);
 void install_packed_weights(torch::jit::Module& root, const std::vector<LinearLayer>& layers,
                             const std::map<std::string, PackedWeightPtr>& packed);
 
+// Static per-tensor activation quantization of a W8A8 layer (lwq::w8a8_linear's arguments).
+struct ActivationQuant {
+  double scale = 1.0;
+  int64_t zero_point = 0;
+  std::string dtype = "uint8";
+};
+
+// What replaces one float linear.
+struct PackedLinear {
+  PackedWeightPtr weight;
+  // fp32 [in] or undefined: the input is multiplied by it before the packed op. Set when per-input-channel
+  // scales (AWQ, TEQ, SmoothQuant) could not be folded into the producer of the input.
+  at::Tensor input_scale;
+  // Set: the call becomes lwq::w8a8_linear with these static activation parameters; unset: lwq::woq_linear.
+  c10::optional<ActivationQuant> activation;
+};
+
+// As above, with input scales and W8A8 layers. Per instance the module gets "<packed>" (the PackedWeight),
+// "<packed>_input_scale" (Tensor, or Optional[Tensor] when instances of the type differ), and for W8A8
+// "<packed>_act_scale" (float) and "<packed>_act_zero_point" (int). Instances of one type must agree on the call
+// (woq or w8a8, and the activation dtype): a type mixing them is refused, naming the layers.
+void install_packed_linears(torch::jit::Module& root, const std::vector<LinearLayer>& layers,
+                            const std::map<std::string, PackedLinear>& packed);
+
 // A parameter or buffer of the module tree, addressed by its qualified name.
 struct NamedTensorSlot {
   std::string name;  // "layers.0.norm.weight"

@@ -8,7 +8,10 @@
 #include <string>
 #include <vector>
 
+#include "lwq/awq.h"
 #include "lwq/common.h"
+#include "lwq/gptq.h"
+#include "lwq/teq.h"
 
 namespace lwq {
 namespace pipeline {
@@ -27,6 +30,19 @@ struct QuantizeConfig {
   // ECMAScript regexes searched in qualified module names; matching layers stay float.
   std::vector<std::string> exclude = {kDefaultExclude};
   bool quiet = false;  // no per-layer progress on stderr
+
+  // Calibration (gptq, awq, teq, w8a8): block by block on cached activations (blocks.h).
+  std::string blocks;             // qualified name of the module list of blocks; empty: detected
+  std::string calib_tensors;      // safetensors file with "input_ids" [N, L] (or "inputs" [N, ...] for any model)
+  int64_t nsamples = 0;           // calibration rows used (0: all rows of the file)
+  bool layer_wise = true;         // false: every weight is loaded first (the in-memory reference mode)
+  bool true_sequential = true;    // gptq: re-observe each group of linears after the previous ones are quantized
+  GptqOptions gptq;
+  AwqOptions awq;                 // .spec is ignored (spec above)
+  TeqOptions teq;                 // .spec is ignored
+  std::string observer = "minmax";     // w8a8: activation observer kind
+  std::string act_dtype = "uint8";     // w8a8: "uint8" or "int8"
+  double smoothquant_alpha = -1;       // w8a8: SmoothQuant migration strength in [0, 1]; < 0: off
 };
 
 struct QuantizedLayer {
@@ -46,9 +62,19 @@ struct FloatLayer {
   std::string reason;  // "excluded by <regex>" or why it cannot be quantized
 };
 
+// How the per-input-channel scales of a group of linears (AWQ, TEQ, SmoothQuant) were applied.
+struct ScaleFoldReport {
+  std::vector<std::string> layers;
+  std::string applied;  // "norm <param>", "linear <layer>" or "input multiply (<why not folded>)"
+};
+
 struct QuantizeResult {
   std::vector<QuantizedLayer> quantized;
   std::vector<FloatLayer> kept_float;
+  std::vector<ScaleFoldReport> folds;
+  std::string blocks;             // the module list calibrated block by block ("" : none or rtn)
+  int64_t block_count = 0;
+  int64_t calibration_samples = 0;
   int64_t params_from_store = 0;    // parameters and buffers filled from the weight store
   int64_t params_from_archive = 0;  // kept with the values the archive holds
   int64_t float_bytes = 0, packed_bytes = 0;  // totals over the quantized layers
