@@ -61,6 +61,8 @@ inline bool is_help(const std::string& a) { return a == "--help" || a == "-h"; }
 // One function per subcommand (cmd_<name>.cpp); each returns the exit status.
 int run_quantize(Args args);
 int run_inspect(Args args);
+int run_export(Args args);
+int run_import(Args args);
 
 }  // namespace cli
 }  // namespace lwq

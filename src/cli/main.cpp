@@ -23,6 +23,8 @@ struct Command {
 const Command kCommands[] = {
     {"quantize", "quantize the linear layers of a TorchScript model, layer by layer", lwq::cli::run_quantize},
     {"inspect", "list the modules and linear layers of a TorchScript model", lwq::cli::run_inspect},
+    {"export", "write a quantized model as a GPTQ checkpoint or a plain safetensors file", lwq::cli::run_export},
+    {"import", "build a quantized TorchScript model from a GPTQ or lwq safetensors checkpoint", lwq::cli::run_import},
 };
 
 void print_usage(std::ostream& out) {

@@ -123,6 +123,12 @@ at::Tensor WeightStore::load(const std::string& name) const {
   return it->second.first->load(it->second.second);
 }
 
+at::Tensor WeightStore::load_raw(const std::string& name) const {
+  const auto it = where_.find(name);
+  TORCH_CHECK(it != where_.end(), "WeightStore ", path_, " has no tensor '", name, "'");
+  return it->second.first->load_raw(it->second.second);
+}
+
 std::vector<int64_t> WeightStore::shape(const std::string& name) const {
   const auto it = where_.find(name);
   TORCH_CHECK(it != where_.end(), "WeightStore ", path_, " has no tensor '", name, "'");

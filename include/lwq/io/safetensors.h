@@ -62,6 +62,7 @@ class WeightStore {
   std::vector<std::string> names() const;
   bool contains(const std::string& name) const;
   at::Tensor load(const std::string& name) const;  // float32; throws naming the tensor and the file
+  at::Tensor load_raw(const std::string& name) const;  // in the stored dtype (integer tensors too)
   std::vector<int64_t> shape(const std::string& name) const;
 
  private:

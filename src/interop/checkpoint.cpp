@@ -1,0 +1,505 @@
+// Export of quantized TorchScript archives to GPTQ directories and plain safetensors files, and import back into a
+// runnable archive. Tensor conversions are in gptq.cpp; all file I/O goes through the io layer (safetensors
+// reader/writer, atomic_write), the TorchScript side through model/surgery.h.
+#include "lwq/interop/checkpoint.h"
+
+#include <nlohmann/json.hpp>
+
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <memory>
+#include <set>
+
+#include "lwq/model/surgery.h"
+
+namespace lwq {
+namespace interop {
+
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+
+namespace {
+
+// Metadata keys of the plain safetensors format.
+constexpr const char* kPlainFormatKey = "lwq_format";
+constexpr const char* kPlainFormatValue = "packed_weight_state";
+constexpr const char* kPlainVersionKey = "lwq_state_version";
+constexpr const char* kPlainLayersKey = "lwq_layers";
+// quantize_config.json key for lwq dtypes that "bits" alone does not name (int4_fullrange); readers ignore it.
+constexpr const char* kGptqDtypesKey = "lwq_dtypes";
+
+std::string join(const std::string& a, const std::string& b) { return a.empty() ? b : b.empty() ? a : a + "." + b; }
+
+// Where a linear's tensors live in a checkpoint: the module's name for the usual "weight" attribute, else
+// "<module>.<attribute>" (a module may call aten::linear on several of its tensors).
+std::string layer_prefix(const std::string& module_name, const std::string& weight_attr) {
+  return weight_attr == "weight" ? module_name : join(module_name, weight_attr);
+}
+
+bool same_file(const std::string& a, const std::string& b) {
+  std::error_code ec;
+  if (fs::exists(a, ec) && fs::exists(b, ec)) return fs::equivalent(a, b, ec);
+  return fs::weakly_canonical(a, ec) == fs::weakly_canonical(b, ec);
+}
+
+torch::jit::Module load_archive(const std::string& path, const char* what) {
+  TORCH_CHECK(fs::is_regular_file(path), what, ": model ", path, " is not a readable file");
+  try {
+    // No map_location: a CPU device would materialize every meta parameter as uninitialized memory.
+    torch::jit::Module m = torch::jit::load(path);
+    m.eval();
+    return m;
+  } catch (const c10::Error& e) {
+    TORCH_CHECK(false, what, ": cannot load the TorchScript model ", path, ": ", e.what_without_backtrace());
+  }
+}
+
+// One packed linear of a quantized archive.
+struct PackedLayer {
+  std::string module_name;
+  std::string weight_attr;  // the emptied float weight's attribute
+  std::string prefix;       // name in checkpoints
+  PackedWeightPtr weight;
+};
+
+bool graph_calls(const std::shared_ptr<torch::jit::Graph>& graph, c10::Symbol op) {
+  std::vector<torch::jit::Block*> todo{graph->block()};
+  while (!todo.empty()) {
+    torch::jit::Block* b = todo.back();
+    todo.pop_back();
+    for (torch::jit::Node* n : b->nodes()) {
+      if (n->kind() == op) return true;
+      for (torch::jit::Block* sub : n->blocks()) todo.push_back(sub);
+    }
+  }
+  return false;
+}
+
+// The packed layers of `root`: every attribute typed PackedWeight or Optional[PackedWeight] that holds a value.
+// Refuses archives that hold anything the checkpoint formats cannot carry (W8A8 calls, input scales).
+std::vector<PackedLayer> packed_layers(const torch::jit::Module& root, const std::string& path) {
+  const c10::Symbol w8a8 = c10::Symbol::fromQualString("lwq::w8a8_linear");
+  const auto packed_type = c10::getCustomClassType<PackedWeightPtr>();
+  std::vector<PackedLayer> out;
+  std::set<const c10::ClassType*> seen_types;
+  for (const auto& item : root.named_modules()) {
+    if (seen_types.insert(item.value.type().get()).second) {
+      for (const auto& method : item.value.get_methods()) {
+        TORCH_CHECK(!graph_calls(method.graph(), w8a8), "export: the model ", path, " has static W8A8 layers (module '",
+                    item.name, "' calls lwq::w8a8_linear); GPTQ and the safetensors export hold weight-only layers");
+      }
+    }
+    for (const auto& attr : item.value.type()->getAttributes()) {
+      const c10::TypePtr t = attr.getType();
+      const auto opt = t->cast<c10::OptionalType>();
+      if (t != packed_type && !(opt && opt->getElementType() == packed_type)) continue;
+      const c10::IValue v = item.value.attr(attr.getName());
+      if (v.isNone()) continue;
+      const std::string& name = attr.getName();
+      PackedLayer layer;
+      layer.module_name = item.name;
+      const std::string suffix = "_packed";
+      if (name == "packed") {
+        layer.weight_attr = "weight";
+      } else if (name.size() > suffix.size() && name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0) {
+        layer.weight_attr = name.substr(0, name.size() - suffix.size());
+      } else {
+        layer.weight_attr = name;
+      }
+      const std::string input_scale = name + "_input_scale";
+      TORCH_CHECK(!item.value.hasattr(input_scale) || item.value.attr(input_scale).isNone() ||
+                      (item.value.attr(input_scale).isTensor() && !item.value.attr(input_scale).toTensor().defined()),
+                  "export: layer '", item.name, "' of ", path, " multiplies its input by a per-channel scale ('",
+                  input_scale, "'), which GPTQ and the safetensors export cannot carry");
+      layer.prefix = layer_prefix(item.name, layer.weight_attr);
+      layer.weight = v.toCustomClass<PackedWeight>();
+      out.push_back(std::move(layer));
+    }
+  }
+  return out;
+}
+
+// The output directory of a GPTQ export: created when missing; an existing one may hold only the files of a
+// previous export (they are replaced), so no stray shard or index is left next to the new weights.
+void prepare_gptq_dir(const std::string& dir) {
+  std::error_code ec;
+  if (!fs::exists(dir, ec)) {
+    fs::create_directories(dir, ec);
+    TORCH_CHECK(!ec, "export: cannot create the directory ", dir, ": ", ec.message());
+    return;
+  }
+  TORCH_CHECK(fs::is_directory(dir, ec), "export: ", dir, " exists and is not a directory (the gptq format writes a "
+              "directory)");
+  for (const auto& e : fs::directory_iterator(dir)) {
+    const std::string name = e.path().filename().string();
+    TORCH_CHECK(name == kGptqWeightsFile || name == kGptqConfigFile, "export: the directory ", dir, " holds '", name,
+                "'; write to a new or empty directory (only a previous export's ", kGptqWeightsFile, " and ",
+                kGptqConfigFile, " are replaced)");
+  }
+}
+
+void write_text(const std::string& path, const std::string& text) {
+  io::atomic_write(path, [&](const std::string& tmp) {
+    std::ofstream out(tmp);
+    out << text << "\n";
+    out.close();
+    TORCH_CHECK(out, "cannot write ", tmp);
+  });
+}
+
+// The other tensors of the archive (parameters and buffers) under their own names; the emptied float weights of
+// packed layers are left out.
+int64_t add_other_tensors(const torch::jit::Module& root, const std::vector<PackedLayer>& layers,
+                          const std::string& path, std::vector<std::pair<std::string, at::Tensor>>& tensors) {
+  std::set<std::string> emptied;
+  for (const auto& l : layers) emptied.insert(join(l.module_name, l.weight_attr));
+  int64_t count = 0;
+  for (const auto& slot : model::parameter_slots(root)) {
+    if (emptied.count(slot.name)) continue;
+    const at::Tensor v = slot.value();
+    TORCH_CHECK(!v.is_meta(), "export: parameter '", slot.name, "' of ", path,
+                " is empty (meta); export a model whose parameters all hold values");
+    tensors.emplace_back(slot.name, v.detach().contiguous());
+    ++count;
+  }
+  return count;
+}
+
+ExportResult export_gptq(const ExportConfig& config, const torch::jit::Module& module,
+                         const std::vector<PackedLayer>& layers) {
+  ExportResult result;
+  TORCH_CHECK(!layers.empty(), "export: the model ", config.model_path, " has no quantized layers");
+  // quantize_config.json has one bits and one group_size for the whole model.
+  const PackedLayer& first = layers.front();
+  GptqScheme& s = result.scheme;
+  s.bits = first.weight->info().bits;
+  s.group_size = first.weight->group_size();
+  s.sym = true;
+  s.desc_act = false;
+  s.zero_format = config.zero_format;
+  json dtypes = json::object();
+  for (const auto& l : layers) {
+    const PackedWeight& w = *l.weight;
+    const std::string what = "layer '" + l.prefix + "'";
+    TORCH_CHECK(w.info().is_int(), "export: ", what, ": dtype ", w.dtype(),
+                " has no GPTQ form (GPTQ stores integer codes: int8, int4, int4_fullrange, int3, int2)");
+    TORCH_CHECK(w.info().bits == s.bits && w.group_size() == s.group_size, "export: layers '", first.prefix, "' (",
+                first.weight->dtype(), ", group size ", s.group_size, ") and '", l.prefix, "' (", w.dtype(),
+                ", group size ", w.group_size(), ") differ; quantize_config.json holds one bits and one group_size "
+                "for the whole model");
+    s.sym = s.sym && w.sym();
+    s.desc_act = s.desc_act || w.has_g_idx();
+    if (w.dtype() != "int" + std::to_string(s.bits)) dtypes[l.prefix] = w.dtype();
+  }
+
+  std::vector<std::pair<std::string, at::Tensor>> tensors;
+  for (const auto& l : layers) {
+    const GptqTensors t =
+        to_gptq(*l.weight, config.zero_format, config.round_scales, "layer '" + l.prefix + "'", &result.rounding);
+    tensors.emplace_back(join(l.prefix, "qweight"), t.qweight);
+    tensors.emplace_back(join(l.prefix, "qzeros"), t.qzeros);
+    tensors.emplace_back(join(l.prefix, "scales"), t.scales);
+    tensors.emplace_back(join(l.prefix, "g_idx"), t.g_idx);
+    ++result.quantized_layers;
+  }
+  result.other_tensors = add_other_tensors(module, layers, config.model_path, tensors);
+
+  json cfg = {{"bits", s.bits},
+              {"group_size", s.group_size},
+              {"desc_act", s.desc_act},
+              {"sym", s.sym},
+              {"static_groups", false},
+              {"true_sequential", true},
+              {"quant_method", "gptq"},
+              {"checkpoint_format", gptq_zero_format_name(config.zero_format)},
+              {"model_file_base_name", "model"}};
+  if (!dtypes.empty()) cfg[kGptqDtypesKey] = dtypes;
+
+  prepare_gptq_dir(config.out_path);
+  const std::string weights = (fs::path(config.out_path) / kGptqWeightsFile).string();
+  const std::string cfg_path = (fs::path(config.out_path) / kGptqConfigFile).string();
+  io::write_safetensors(weights, tensors, {{"format", "pt"}});
+  write_text(cfg_path, cfg.dump(2));
+  result.files = {weights, cfg_path};
+  return result;
+}
+
+ExportResult export_plain(const ExportConfig& config, const torch::jit::Module& module,
+                          const std::vector<PackedLayer>& layers) {
+  ExportResult result;
+  std::vector<std::pair<std::string, at::Tensor>> tensors;
+  json meta = json::object();
+  for (const auto& l : layers) {
+    const PackedWeight& w = *l.weight;
+    const PackedWeight::State st = w.state();
+    meta[l.prefix] = {{"module", l.module_name},        {"weight_attr", l.weight_attr},
+                      {"dtype", w.dtype()},              {"out_features", w.out_features()},
+                      {"in_features", w.in_features()},  {"group_size", w.group_size()},
+                      {"sym", w.sym()}};
+    tensors.emplace_back(join(l.prefix, "qweight"), std::get<6>(st));
+    tensors.emplace_back(join(l.prefix, "scales"), std::get<7>(st));
+    if (std::get<8>(st)) tensors.emplace_back(join(l.prefix, "zeros"), *std::get<8>(st));
+    if (std::get<9>(st)) tensors.emplace_back(join(l.prefix, "g_idx"), *std::get<9>(st));
+    ++result.quantized_layers;
+  }
+  result.other_tensors = add_other_tensors(module, layers, config.model_path, tensors);
+  io::write_safetensors(config.out_path, tensors,
+                        {{kPlainFormatKey, kPlainFormatValue},
+                         {kPlainVersionKey, std::to_string(PackedWeight::kStateVersion)},
+                         {kPlainLayersKey, meta.dump()}});
+  result.files = {config.out_path};
+  return result;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Import
+
+std::string mapped(const io::NameMap& name_map, const std::string& name) {
+  for (const auto& rule : name_map)
+    if (name.compare(0, rule.first.size(), rule.first) == 0) return rule.second + name.substr(rule.first.size());
+  return name;
+}
+
+json read_json_file(const std::string& path) {
+  std::ifstream in(path);
+  TORCH_CHECK(in.good(), "import: cannot open ", path);
+  try {
+    return json::parse(in);
+  } catch (const json::parse_error& e) {
+    TORCH_CHECK(false, "import: ", path, " is not valid JSON: ", e.what());
+  }
+}
+
+template <typename T>
+T json_field(const json& j, const char* key, const T& fallback, bool required, const std::string& where) {
+  const auto it = j.find(key);
+  if (it == j.end() || it->is_null()) {
+    TORCH_CHECK(!required, where, ": missing \"", key, "\"");
+    return fallback;
+  }
+  try {
+    return it->get<T>();
+  } catch (const json::exception&) {
+    TORCH_CHECK(false, where, ": \"", key, "\" has the wrong type: ", it->dump());
+  }
+}
+
+struct GptqCheckpoint {
+  GptqScheme scheme;
+  std::map<std::string, std::string> dtypes;  // prefix -> lwq dtype, when quantize_config.json names one
+};
+
+GptqCheckpoint read_gptq_config(const std::string& checkpoint_path) {
+  const fs::path dir = fs::is_directory(checkpoint_path) ? fs::path(checkpoint_path) : fs::path(checkpoint_path).parent_path();
+  const std::string path = (dir / kGptqConfigFile).string();
+  TORCH_CHECK(fs::is_regular_file(path), "import: the GPTQ checkpoint ", checkpoint_path, " has no ", kGptqConfigFile,
+              " (looked for ", path, ")");
+  const json j = read_json_file(path);
+  TORCH_CHECK(j.is_object(), "import: ", path, " must hold a JSON object");
+  const std::string method = json_field<std::string>(j, "quant_method", "gptq", false, path);
+  TORCH_CHECK(method == "gptq", "import: ", path, " has quant_method \"", method, "\", expected \"gptq\"");
+  GptqCheckpoint c;
+  GptqScheme& s = c.scheme;
+  s.bits = json_field<int>(j, "bits", 4, true, path);
+  s.group_size = json_field<int64_t>(j, "group_size", -1, true, path);
+  s.desc_act = json_field<bool>(j, "desc_act", false, false, path);
+  s.sym = json_field<bool>(j, "sym", true, false, path);
+  const std::string format = json_field<std::string>(j, "checkpoint_format", "gptq", false, path);
+  try {
+    s.zero_format = parse_gptq_zero_format(format);
+  } catch (const c10::Error& e) {
+    TORCH_CHECK(false, "import: ", path, ": ", e.what_without_backtrace());
+  }
+  TORCH_CHECK(s.bits == 2 || s.bits == 3 || s.bits == 4 || s.bits == 8, "import: ", path,
+              ": bits must be 2, 3, 4 or 8, got ", s.bits);
+  TORCH_CHECK(s.group_size == -1 || s.group_size > 0, "import: ", path, ": group_size must be -1 or positive, got ",
+              s.group_size);
+  if (j.contains(kGptqDtypesKey)) {
+    c.dtypes = json_field<std::map<std::string, std::string>>(j, kGptqDtypesKey, {}, true, path);
+  }
+  return c;
+}
+
+// Plain-format layer metadata, by prefix.
+struct PlainLayerInfo {
+  std::string dtype;
+  int64_t out_features = 0, in_features = 0, group_size = -1;
+  bool sym = true;
+};
+
+std::map<std::string, PlainLayerInfo> read_plain_metadata(const std::string& path) {
+  const auto file = io::SafetensorsFile::open(path);
+  const auto& meta = file->metadata();
+  const auto format = meta.find(kPlainFormatKey);
+  TORCH_CHECK(format != meta.end() && format->second == kPlainFormatValue, "import: ", path,
+              " is not an lwq safetensors export (its metadata has no \"", kPlainFormatKey, "\": \"", kPlainFormatValue,
+              "\")");
+  const auto version = meta.find(kPlainVersionKey);
+  TORCH_CHECK(version != meta.end() && version->second == std::to_string(PackedWeight::kStateVersion), "import: ", path,
+              " holds packed weight state version ", version == meta.end() ? "(none)" : version->second,
+              "; this build reads version ", PackedWeight::kStateVersion);
+  const auto layers = meta.find(kPlainLayersKey);
+  TORCH_CHECK(layers != meta.end(), "import: ", path, " has no \"", kPlainLayersKey, "\" metadata");
+  json j;
+  try {
+    j = json::parse(layers->second);
+  } catch (const json::parse_error& e) {
+    TORCH_CHECK(false, "import: ", path, ": \"", kPlainLayersKey, "\" is not valid JSON: ", e.what());
+  }
+  TORCH_CHECK(j.is_object(), "import: ", path, ": \"", kPlainLayersKey, "\" must be a JSON object");
+  std::map<std::string, PlainLayerInfo> out;
+  for (auto it = j.begin(); it != j.end(); ++it) {
+    const std::string where = "import: " + path + ": layer '" + it.key() + "'";
+    PlainLayerInfo info;
+    info.dtype = json_field<std::string>(*it, "dtype", "", true, where);
+    info.out_features = json_field<int64_t>(*it, "out_features", 0, true, where);
+    info.in_features = json_field<int64_t>(*it, "in_features", 0, true, where);
+    info.group_size = json_field<int64_t>(*it, "group_size", -1, true, where);
+    info.sym = json_field<bool>(*it, "sym", true, true, where);
+    out.emplace(it.key(), info);
+  }
+  return out;
+}
+
+// A value the model archive cannot provide: a meta tensor, or an empty one standing for a missing parameter.
+bool is_empty_in_archive(const at::Tensor& t) { return t.is_meta() || (t.numel() == 0 && t.dim() > 0); }
+
+}  // namespace
+
+CheckpointFormat parse_checkpoint_format(const std::string& name) {
+  if (name == "gptq") return CheckpointFormat::Gptq;
+  if (name == "safetensors") return CheckpointFormat::Safetensors;
+  TORCH_CHECK(false, "unknown checkpoint format '", name, "': expected gptq or safetensors");
+}
+
+ExportResult export_checkpoint(const ExportConfig& config) {
+  const at::NoGradGuard no_grad;
+  TORCH_CHECK(!config.out_path.empty(), "export: no output path given");
+  TORCH_CHECK(!same_file(config.out_path, config.model_path), "export: the output ", config.out_path,
+              " is the input model; write to a new path");
+  const torch::jit::Module module = load_archive(config.model_path, "export");
+  const std::vector<PackedLayer> layers = packed_layers(module, config.model_path);
+  return config.format == CheckpointFormat::Gptq ? export_gptq(config, module, layers)
+                                                 : export_plain(config, module, layers);
+}
+
+ImportResult import_checkpoint(const ImportConfig& config) {
+  const at::NoGradGuard no_grad;
+  TORCH_CHECK(!config.out_path.empty(), "import: no output path given");
+  TORCH_CHECK(fs::exists(config.checkpoint_path), "import: checkpoint ", config.checkpoint_path,
+              ": no such file or directory");
+  for (const std::string& input : {config.model_path, config.checkpoint_path}) {
+    TORCH_CHECK(!same_file(config.out_path, input), "import: the output ", config.out_path,
+                " is an input; write the model to a new path");
+  }
+  torch::jit::Module module = load_archive(config.model_path, "import");
+  TORCH_CHECK(!model::is_quantized(module), "import: the model ", config.model_path,
+              " already holds packed weights; give the float model");
+  const io::WeightStore store(config.checkpoint_path, config.name_map);
+  const std::string& ckpt = config.checkpoint_path;
+
+  const std::vector<model::LinearLayer> layers = model::find_linear_layers(module);
+  std::map<std::string, const model::LinearLayer*> by_prefix;
+  for (const auto& l : layers) by_prefix[layer_prefix(l.name, l.weight_attr)] = &l;
+  auto layer_for = [&](const std::string& prefix) -> const model::LinearLayer& {
+    const auto it = by_prefix.find(prefix);
+    TORCH_CHECK(it != by_prefix.end(), "import: the checkpoint ", ckpt, " has a quantized layer '", prefix,
+                "', which is not a linear layer of the model ", config.model_path);
+    TORCH_CHECK(it->second->quantizable, "import: layer '", prefix, "' of ", config.model_path,
+                " cannot hold a packed weight: ", it->second->why_not);
+    return *it->second;
+  };
+
+  ImportResult result;
+  std::set<std::string> used;
+  std::map<std::string, PackedWeightPtr> packed;  // by layer name
+  std::set<std::string> emptied;                  // float weights replaced by packed ones
+  auto take = [&](const std::string& name) {
+    used.insert(name);
+    return store.load_raw(name);
+  };
+  auto take_optional = [&](const std::string& name) { return store.contains(name) ? take(name) : at::Tensor(); };
+  auto add_packed = [&](const model::LinearLayer& layer, const std::string& prefix, const PackedWeightPtr& w) {
+    TORCH_CHECK(w->out_features() == layer.shape[0] && w->in_features() == layer.shape[1], "import: layer '", prefix,
+                "' is [", w->out_features(), ", ", w->in_features(), "] in the checkpoint ", ckpt, " but its weight is ",
+                c10::IntArrayRef(layer.shape), " in the model ", config.model_path);
+    packed[layer.name] = w;
+    emptied.insert(layer.weight_name());
+    ++result.quantized_layers;
+  };
+
+  if (config.format == CheckpointFormat::Gptq) {
+    const GptqCheckpoint gc = read_gptq_config(ckpt);
+    const std::string suffix = "qweight";
+    for (const std::string& name : store.names()) {
+      if (name != suffix && !(name.size() > suffix.size() + 1 &&
+                              name.compare(name.size() - suffix.size() - 1, suffix.size() + 1, "." + suffix) == 0))
+        continue;
+      const std::string prefix = name == suffix ? "" : name.substr(0, name.size() - suffix.size() - 1);
+      const model::LinearLayer& layer = layer_for(prefix);
+      GptqTensors t;
+      t.qweight = take(name);
+      for (const char* part : {"qzeros", "scales"}) {
+        TORCH_CHECK(store.contains(join(prefix, part)), "import: the checkpoint ", ckpt, " has '", name, "' but no '",
+                    join(prefix, part), "'");
+      }
+      t.qzeros = take(join(prefix, "qzeros"));
+      t.scales = take(join(prefix, "scales"));
+      t.g_idx = take_optional(join(prefix, "g_idx"));
+      const auto dtype = gc.dtypes.find(prefix);
+      add_packed(layer, prefix,
+                 from_gptq(t, gc.scheme, dtype == gc.dtypes.end() ? "" : dtype->second,
+                           "import: " + ckpt + ": layer '" + prefix + "'"));
+    }
+  } else {
+    for (const auto& entry : read_plain_metadata(ckpt)) {
+      const std::string prefix = mapped(config.name_map, entry.first);
+      const PlainLayerInfo& info = entry.second;
+      const model::LinearLayer& layer = layer_for(prefix);
+      const at::Tensor zeros = take_optional(join(prefix, "zeros")), g_idx = take_optional(join(prefix, "g_idx"));
+      TORCH_CHECK(store.contains(join(prefix, "qweight")) && store.contains(join(prefix, "scales")), "import: ", ckpt,
+                  ": layer '", prefix, "' is listed in the metadata but its qweight or scales tensor is missing");
+      const PackedWeight::State state(
+          PackedWeight::kStateVersion, info.dtype, info.out_features, info.in_features, info.group_size, info.sym,
+          take(join(prefix, "qweight")), take(join(prefix, "scales")),
+          zeros.defined() ? c10::optional<at::Tensor>(zeros) : c10::nullopt,
+          g_idx.defined() ? c10::optional<at::Tensor>(g_idx) : c10::nullopt);
+      PackedWeightPtr w;
+      try {
+        w = PackedWeight::from_state(state);
+      } catch (const c10::Error& e) {
+        TORCH_CHECK(false, "import: ", ckpt, ": layer '", prefix, "': ", e.what_without_backtrace());
+      }
+      add_packed(layer, prefix, w);
+    }
+  }
+  TORCH_CHECK(!packed.empty(), "import: the checkpoint ", ckpt, " has no quantized layers");
+
+  // Every other parameter: from the checkpoint when it has it, else the model archive must hold its value.
+  for (auto& slot : model::parameter_slots(module)) {
+    if (emptied.count(slot.name)) continue;
+    const at::Tensor current = slot.value();
+    if (store.contains(slot.name)) {
+      const std::vector<int64_t> stored = store.shape(slot.name);
+      TORCH_CHECK(stored == current.sizes().vec(), "import: parameter '", slot.name, "' has shape ", current.sizes(),
+                  " in the model ", config.model_path, " but ", c10::IntArrayRef(stored), " in the checkpoint ", ckpt);
+      slot.set(take(slot.name).to(current.scalar_type()).set_requires_grad(current.requires_grad()));
+      ++result.params_from_checkpoint;
+    } else {
+      TORCH_CHECK(!is_empty_in_archive(current), "import: parameter '", slot.name, "' is empty (",
+                  current.is_meta() ? "meta" : "0 elements", ") in the model ", config.model_path,
+                  " and the checkpoint ", ckpt, " has no tensor of that name");
+      ++result.params_from_model;
+    }
+  }
+  for (const auto& name : store.names())
+    if (!used.count(name)) result.unused.push_back(name);
+
+  model::install_packed_weights(module, layers, packed);
+  io::atomic_write(config.out_path, [&](const std::string& tmp) { module.save(tmp); });
+  return result;
+}
+
+}  // namespace interop
+}  // namespace lwq
