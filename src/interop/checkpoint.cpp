@@ -120,15 +120,11 @@ std::vector<PackedLayer> packed_layers(const torch::jit::Module& root, const std
   return out;
 }
 
-// The output directory of a GPTQ export: created when missing; an existing one may hold only the files of a
-// previous export (they are replaced), so no stray shard or index is left next to the new weights.
-void prepare_gptq_dir(const std::string& dir) {
+// The output directory of a GPTQ export: missing (created when writing), or holding only the files of a previous
+// export (they are replaced), so no stray shard or index is left next to the new weights. Checked before any work.
+void check_gptq_dir(const std::string& dir) {
   std::error_code ec;
-  if (!fs::exists(dir, ec)) {
-    fs::create_directories(dir, ec);
-    TORCH_CHECK(!ec, "export: cannot create the directory ", dir, ": ", ec.message());
-    return;
-  }
+  if (!fs::exists(dir, ec)) return;
   TORCH_CHECK(fs::is_directory(dir, ec), "export: ", dir, " exists and is not a directory (the gptq format writes a "
               "directory)");
   for (const auto& e : fs::directory_iterator(dir)) {
@@ -137,6 +133,12 @@ void prepare_gptq_dir(const std::string& dir) {
                 "'; write to a new or empty directory (only a previous export's ", kGptqWeightsFile, " and ",
                 kGptqConfigFile, " are replaced)");
   }
+}
+
+void create_dir(const std::string& dir) {
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  TORCH_CHECK(!ec, "export: cannot create the directory ", dir, ": ", ec.message());
 }
 
 void write_text(const std::string& path, const std::string& text) {
@@ -170,6 +172,7 @@ ExportResult export_gptq(const ExportConfig& config, const torch::jit::Module& m
                          const std::vector<PackedLayer>& layers) {
   ExportResult result;
   TORCH_CHECK(!layers.empty(), "export: the model ", config.model_path, " has no quantized layers");
+  check_gptq_dir(config.out_path);
   // quantize_config.json has one bits and one group_size for the whole model.
   const PackedLayer& first = layers.front();
   GptqScheme& s = result.scheme;
@@ -216,7 +219,7 @@ ExportResult export_gptq(const ExportConfig& config, const torch::jit::Module& m
               {"model_file_base_name", "model"}};
   if (!dtypes.empty()) cfg[kGptqDtypesKey] = dtypes;
 
-  prepare_gptq_dir(config.out_path);
+  create_dir(config.out_path);
   const std::string weights = (fs::path(config.out_path) / kGptqWeightsFile).string();
   const std::string cfg_path = (fs::path(config.out_path) / kGptqConfigFile).string();
   io::write_safetensors(weights, tensors, {{"format", "pt"}});
@@ -400,15 +403,23 @@ ImportResult import_checkpoint(const ImportConfig& config) {
   const std::string& ckpt = config.checkpoint_path;
 
   const std::vector<model::LinearLayer> layers = model::find_linear_layers(module);
-  std::map<std::string, const model::LinearLayer*> by_prefix;
-  for (const auto& l : layers) by_prefix[layer_prefix(l.name, l.weight_attr)] = &l;
-  auto layer_for = [&](const std::string& prefix) -> const model::LinearLayer& {
-    const auto it = by_prefix.find(prefix);
-    TORCH_CHECK(it != by_prefix.end(), "import: the checkpoint ", ckpt, " has a quantized layer '", prefix,
-                "', which is not a linear layer of the model ", config.model_path);
-    TORCH_CHECK(it->second->quantizable, "import: layer '", prefix, "' of ", config.model_path,
-                " cannot hold a packed weight: ", it->second->why_not);
-    return *it->second;
+  // Every quantized layer of the checkpoint must be a linear layer of the model that can hold a packed weight.
+  auto check_all_layers_known = [&](const std::set<std::string>& prefixes) {
+    std::set<std::string> known;
+    for (const auto& l : layers) known.insert(layer_prefix(l.name, l.weight_attr));
+    std::vector<std::string> unknown;
+    for (const auto& p : prefixes)
+      if (!known.count(p)) unknown.push_back(p);
+    if (unknown.empty()) return;
+    std::string listed;
+    for (size_t i = 0; i < unknown.size() && i < 4; ++i) listed += (i ? ", '" : "'") + unknown[i] + "'";
+    TORCH_CHECK(false, "import: ", unknown.size(), " quantized layer(s) of the checkpoint ", ckpt,
+                " are not linear layers of the model ", config.model_path, ": ", listed, unknown.size() > 4 ? ", ..." : "",
+                " (names differ? see --rename)");
+  };
+  auto check_quantizable = [&](const model::LinearLayer& layer, const std::string& prefix) {
+    TORCH_CHECK(layer.quantizable, "import: layer '", prefix, "' of ", config.model_path,
+                " cannot hold a packed weight: ", layer.why_not);
   };
 
   ImportResult result;
@@ -431,18 +442,24 @@ ImportResult import_checkpoint(const ImportConfig& config) {
 
   if (config.format == CheckpointFormat::Gptq) {
     const GptqCheckpoint gc = read_gptq_config(ckpt);
-    const std::string suffix = "qweight";
+    // Quantized layers: every "<prefix>.qweight" of the checkpoint, taken in the model's layer order.
+    const std::string suffix = ".qweight";
+    std::set<std::string> prefixes;
     for (const std::string& name : store.names()) {
-      if (name != suffix && !(name.size() > suffix.size() + 1 &&
-                              name.compare(name.size() - suffix.size() - 1, suffix.size() + 1, "." + suffix) == 0))
-        continue;
-      const std::string prefix = name == suffix ? "" : name.substr(0, name.size() - suffix.size() - 1);
-      const model::LinearLayer& layer = layer_for(prefix);
+      if (name == "qweight") prefixes.insert("");
+      if (name.size() > suffix.size() && name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0)
+        prefixes.insert(name.substr(0, name.size() - suffix.size()));
+    }
+    check_all_layers_known(prefixes);
+    for (const auto& layer : layers) {
+      const std::string prefix = layer_prefix(layer.name, layer.weight_attr);
+      if (!prefixes.count(prefix)) continue;
+      check_quantizable(layer, prefix);
       GptqTensors t;
-      t.qweight = take(name);
+      t.qweight = take(join(prefix, "qweight"));
       for (const char* part : {"qzeros", "scales"}) {
-        TORCH_CHECK(store.contains(join(prefix, part)), "import: the checkpoint ", ckpt, " has '", name, "' but no '",
-                    join(prefix, part), "'");
+        TORCH_CHECK(store.contains(join(prefix, part)), "import: the checkpoint ", ckpt, " has '",
+                    join(prefix, "qweight"), "' but no '", join(prefix, part), "'");
       }
       t.qzeros = take(join(prefix, "qzeros"));
       t.scales = take(join(prefix, "scales"));
@@ -453,13 +470,20 @@ ImportResult import_checkpoint(const ImportConfig& config) {
                            "import: " + ckpt + ": layer '" + prefix + "'"));
     }
   } else {
-    for (const auto& entry : read_plain_metadata(ckpt)) {
-      const std::string prefix = mapped(config.name_map, entry.first);
-      const PlainLayerInfo& info = entry.second;
-      const model::LinearLayer& layer = layer_for(prefix);
-      const at::Tensor zeros = take_optional(join(prefix, "zeros")), g_idx = take_optional(join(prefix, "g_idx"));
+    std::map<std::string, PlainLayerInfo> infos;
+    for (const auto& entry : read_plain_metadata(ckpt)) infos.emplace(mapped(config.name_map, entry.first), entry.second);
+    std::set<std::string> prefixes;
+    for (const auto& entry : infos) prefixes.insert(entry.first);
+    check_all_layers_known(prefixes);
+    for (const auto& layer : layers) {
+      const std::string prefix = layer_prefix(layer.name, layer.weight_attr);
+      const auto found = infos.find(prefix);
+      if (found == infos.end()) continue;
+      const PlainLayerInfo& info = found->second;
+      check_quantizable(layer, prefix);
       TORCH_CHECK(store.contains(join(prefix, "qweight")) && store.contains(join(prefix, "scales")), "import: ", ckpt,
                   ": layer '", prefix, "' is listed in the metadata but its qweight or scales tensor is missing");
+      const at::Tensor zeros = take_optional(join(prefix, "zeros")), g_idx = take_optional(join(prefix, "g_idx"));
       const PackedWeight::State state(
           PackedWeight::kStateVersion, info.dtype, info.out_features, info.in_features, info.group_size, info.sym,
           take(join(prefix, "qweight")), take(join(prefix, "scales")),
