@@ -1,0 +1,92 @@
+"""Quantized linear layers for eager PyTorch and TorchScript, and loading quantized TorchScript archives."""
+import re
+from typing import Iterable, List, Optional
+
+import torch
+
+from ._library import load_library
+
+# Module names left float by default, as `lwq quantize` does (the output head).
+DEFAULT_EXCLUDE = (r"(^|\.)(lm_head|output)$",)
+_INT_BITS = {"int8": 8, "int4": 4, "int4_fullrange": 4, "int3": 3, "int2": 2}
+
+
+def load(path, map_location=None) -> torch.jit.ScriptModule:
+    """torch.jit.load of a quantized archive, after loading liblwq_ops.so. An archive is code: load only archives you
+    trust (lwq.load_into reads the data-only safetensors export instead)."""
+    load_library()
+    return torch.jit.load(str(path), map_location=map_location)
+
+
+class QuantLinear(torch.nn.Module):
+    """y = x @ W.T + bias with W held as an lwq PackedWeight (torch.ops.lwq.woq_linear). Scriptable: the packed
+    weight is saved inside the TorchScript archive, which loads wherever liblwq_ops.so is loaded."""
+
+    def __init__(self, packed, bias: Optional[torch.Tensor] = None):
+        super().__init__()
+        self.in_features = packed.in_features()
+        self.out_features = packed.out_features()
+        self.packed = packed
+        if bias is not None:
+            if bias.shape != (self.out_features,):
+                raise ValueError(f"bias has shape {tuple(bias.shape)}, expected ({self.out_features},)")
+            self.bias = torch.nn.Parameter(bias.detach().float().clone(), requires_grad=False)
+        else:
+            self.bias = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.lwq.woq_linear(x, self.packed, self.bias)
+
+    def extra_repr(self) -> str:
+        return self.packed.describe()
+
+
+def _with_fp16_scales(weight: torch.Tensor, packed):
+    """The same quantization with every scale rounded to float16 and the codes chosen again for those scales (the
+    round-to-nearest rule of docs/packed-format.md), so the weight exports to GPTQ exactly."""
+    dtype = packed.dtype()
+    if dtype not in _INT_BITS:
+        raise ValueError(f"fp16_scales applies to the integer dtypes ({', '.join(_INT_BITS)}), not {dtype}")
+    bits = _INT_BITS[dtype]
+    _, scales, zeros, _ = torch.ops.lwq.unpack_weight(packed)
+    s16 = scales.half().float()
+    if not torch.isfinite(s16).all() or ((s16 == 0) & (scales != 0)).any():
+        raise ValueError("a scale is outside the float16 range")
+    k = weight.shape[1]
+    size = k if packed.group_size() == -1 else packed.group_size()
+    cols = torch.arange(k) // size
+    s = s16[:, cols]
+    if zeros is None:  # sym: signed codes
+        q = torch.clamp(torch.round(weight / s), -(2 ** (bits - 1)), 2 ** (bits - 1) - 1)
+    else:
+        q = torch.clamp(torch.round(weight / s) + zeros[:, cols], 0, 2 ** bits - 1)
+    return torch.ops.lwq.pack_weight(q.to(torch.int32), s16, zeros, dtype, packed.group_size(), None)
+
+
+def quantize_linear(linear: torch.nn.Linear, dtype: str = "int4", group_size: int = 128, sym: bool = True,
+                    fp16_scales: bool = False) -> QuantLinear:
+    """A QuantLinear holding the round-to-nearest quantization of linear.weight (torch.ops.lwq.quantize_weight).
+    fp16_scales: float16-exact scales (integer dtypes), for an exact GPTQ export (`lwq export --format gptq`)."""
+    load_library()
+    weight = linear.weight.detach().float().contiguous()
+    packed = torch.ops.lwq.quantize_weight(weight, dtype, group_size, sym)
+    if fp16_scales:
+        packed = _with_fp16_scales(weight, packed)
+    return QuantLinear(packed, linear.bias)
+
+
+def _set_submodule(root: torch.nn.Module, name: str, module: torch.nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    setattr(root.get_submodule(parent_name) if parent_name else root, child, module)
+
+
+def quantize_(module: torch.nn.Module, dtype: str = "int4", group_size: int = 128, sym: bool = True,
+              exclude: Iterable[str] = DEFAULT_EXCLUDE, fp16_scales: bool = False) -> List[str]:
+    """Replaces every torch.nn.Linear of `module` (in place) by a QuantLinear, except those whose qualified name
+    matches a regex of `exclude` (searched, as `lwq quantize --exclude` does). Returns the names replaced."""
+    patterns = [re.compile(p) for p in exclude]
+    names = [name for name, m in module.named_modules()
+             if type(m) is torch.nn.Linear and name and not any(p.search(name) for p in patterns)]
+    for name in names:
+        _set_submodule(module, name, quantize_linear(module.get_submodule(name), dtype, group_size, sym, fp16_scales))
+    return names
