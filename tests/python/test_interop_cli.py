@@ -289,3 +289,38 @@ def test_help():
     for command in ("export", "import"):
         result = lwq(command, "--help")
         assert result.returncode == 0 and f"usage: lwq {command}" in result.stdout
+
+
+@pytest.fixture(scope="module")
+def calibration(models):
+    path = models / "calib.safetensors"
+    mtm.write_safetensors(path, {"inputs": torch.randn(8, 5, mtm.SCRIPTED_DIM, generator=torch.Generator().manual_seed(1))})
+    return path
+
+
+def test_gptq_act_order_model_exports_and_comes_back(lwq_ops, models, calibration, tmp_path):
+    q = tmp_path / "q.pt"
+    ok(lwq("quantize", "--model", models / "scripted.pt", "--weights", models / "scripted.safetensors", "--algo", "gptq",
+           "--act-order", "--dtype", "int4", "--group-size", "16", "--asym", "--calib-tensors", calibration,
+           "--out", q, "--quiet"))
+    out = tmp_path / "gptq"
+    ok(lwq("export", "--format", "gptq", "--round-scales", q, out))
+    cfg = json.loads((out / "quantize_config.json").read_text())
+    assert cfg["desc_act"] is True and cfg["sym"] is False and cfg["group_size"] == 16
+    tensors = mtm.read_safetensors(out / "model.safetensors")
+    assert not torch.equal(tensors["layers.0.up.g_idx"], torch.arange(48, dtype=torch.int32) // 16)
+    ok(lwq("import", "--format", "gptq", out, "--model", models / "scripted.pt", "--out", tmp_path / "q2.pt"))
+    x = torch.load(models / "scripted_reference.pt")["x"]
+    y, y2 = run(lwq_ops, q, x), run(lwq_ops, tmp_path / "q2.pt", x)
+    assert ((y2 - y).norm() / y.norm()).item() < 1e-3
+    ok(lwq("export", "--format", "gptq", tmp_path / "q2.pt", tmp_path / "again"))
+    again = mtm.read_safetensors(tmp_path / "again" / "model.safetensors")
+    assert all(torch.equal(tensors[k], again[k]) for k in tensors) and tensors.keys() == again.keys()
+
+
+def test_w8a8_model_is_refused(lwq_ops, models, calibration, tmp_path):
+    q = tmp_path / "w8a8.pt"
+    ok(lwq("quantize", "--model", models / "scripted.pt", "--weights", models / "scripted.safetensors", "--algo", "w8a8",
+           "--dtype", "int8", "--group-size", "-1", "--calib-tensors", calibration, "--out", q, "--quiet"))
+    for fmt in ("gptq", "safetensors"):
+        fails(lwq("export", "--format", fmt, q, tmp_path / f"out_{fmt}"), "W8A8", "lwq::w8a8_linear")
