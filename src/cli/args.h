@@ -63,6 +63,8 @@ int run_quantize(Args args);
 int run_inspect(Args args);
 int run_export(Args args);
 int run_import(Args args);
+int run_eval(Args args);
+int run_generate(Args args);
 
 }  // namespace cli
 }  // namespace lwq

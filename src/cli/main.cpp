@@ -25,6 +25,8 @@ const Command kCommands[] = {
     {"inspect", "list the modules and linear layers of a TorchScript model", lwq::cli::run_inspect},
     {"export", "write a quantized model as a GPTQ checkpoint or a plain safetensors file", lwq::cli::run_export},
     {"import", "build a quantized TorchScript model from a GPTQ or lwq safetensors checkpoint", lwq::cli::run_import},
+    {"eval", "mean next-token NLL and perplexity of a model on a text file", lwq::cli::run_eval},
+    {"generate", "generate text with a model's key/value cache, as llama2.c's run.c", lwq::cli::run_generate},
 };
 
 void print_usage(std::ostream& out) {

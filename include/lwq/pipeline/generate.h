@@ -1,0 +1,72 @@
+// Text generation with a TorchScript model of MODEL_CONTRACT.md (init_cache / forward_cached), following llama2.c's
+// run.c: `steps` counts positions, prompt included; prompt tokens after the first are emitted as they are forced,
+// then tokens are chosen (argmax at temperature 0, else sampled) until `steps` positions have run or BOS comes
+// out. run.c stops only at BOS; with stop_at_eos (default) EOS also ends the text, unprinted.
+#pragma once
+
+#include <torch/script.h>
+
+#include <cstdint>
+#include <functional>
+#include <ostream>
+#include <string>
+#include <vector>
+
+#include "lwq/text/tokenizer.h"
+
+namespace lwq {
+namespace pipeline {
+
+// run.c's sampler: xorshift random numbers, softmax at a temperature, optional nucleus (top-p) truncation.
+class Sampler {
+ public:
+  Sampler(double temperature, double top_p, uint64_t seed);
+  // The next token given one position's logits (modified in place when sampling).
+  int64_t next(std::vector<float>& logits);
+  static int64_t argmax(const std::vector<float>& logits);  // the first maximum
+
+ private:
+  uint32_t random_u32();
+  float random_f32();
+  double temperature_, top_p_;
+  uint64_t state_;
+};
+
+struct GenerateConfig {
+  int64_t steps = 256;       // positions to run, prompt included; 0: the model's maximum (also the upper bound)
+  double temperature = 0.0;  // 0: greedy
+  double top_p = 0.9;        // nucleus sampling when 0 < top_p < 1, else sampling from the whole distribution
+  uint64_t seed = 1;         // nonzero
+  bool stop_at_eos = true;
+};
+
+struct GenerateResult {
+  std::vector<int64_t> tokens;  // what was emitted: prompt tokens after the first, then the chosen ones
+  int64_t prompt_tokens = 0;    // BOS included
+  int64_t generated = 0;        // chosen (not forced) tokens
+  int64_t positions = 0;        // positions the model ran
+  std::string stop;             // "steps", "bos" or "eos"
+  double prefill_seconds = 0;   // the prompt's forward_cached
+  double decode_seconds = 0;    // the one-token forward_cached calls after it
+  int64_t decode_forwards = 0;
+  double decode_tokens_per_s() const { return decode_seconds > 0 ? decode_forwards / decode_seconds : 0.0; }
+};
+
+// Generates from `prompt` (at least one token, normally BOS first). max_seq_len bounds steps (0: unknown, steps
+// must then be given). on_token(prev, token) is called for each emitted token as it is known.
+GenerateResult generate(torch::jit::Module& model, const std::vector<int64_t>& prompt, int64_t max_seq_len,
+                        const GenerateConfig& config,
+                        const std::function<void(int64_t prev, int64_t token)>& on_token = {});
+
+struct GenerateTextConfig {
+  std::string model_path, weights_path, tokenizer_path;
+  std::string prompt;  // "" : BOS alone
+  GenerateConfig generate;
+};
+
+// The whole `lwq generate`: loads, encodes the prompt with BOS, and writes what run.c prints to `out` (each piece
+// through Tokenizer::printable, flushed as it comes, then a newline).
+GenerateResult generate_text(const GenerateTextConfig& config, std::ostream& out);
+
+}  // namespace pipeline
+}  // namespace lwq

@@ -1,0 +1,205 @@
+// Generation over the model's key/value cache (MODEL_CONTRACT.md), with run.c's stopping rules and sampler.
+#include "lwq/pipeline/generate.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <numeric>
+
+#include "lwq/pipeline/load_model.h"
+
+namespace lwq {
+namespace pipeline {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+
+torch::jit::Method method_of(torch::jit::Module& model, const std::string& name) {
+  const auto m = model.find_method(name);
+  TORCH_CHECK(m.has_value(), "the model has no method '", name, "': generation needs init_cache and forward_cached ",
+              "(MODEL_CONTRACT.md; scripts/export_llama.py writes such models)");
+  return *m;
+}
+
+at::Tensor cached_logits(torch::jit::Method& forward_cached, const at::Tensor& ids, int64_t start_pos,
+                         const c10::IValue& cache) {
+  const c10::IValue out = forward_cached({ids, start_pos, cache});
+  TORCH_CHECK(out.isTensor(), "forward_cached must return logits [batch, length, vocab], got ", out.tagKind());
+  const at::Tensor logits = out.toTensor();
+  TORCH_CHECK(logits.dim() == 3 && logits.size(0) == 1 && logits.size(1) == ids.size(1),
+              "forward_cached gave logits of shape ", logits.sizes(), " for tokens of shape ", ids.sizes());
+  return logits;
+}
+
+std::vector<float> row_of(const at::Tensor& logits, int64_t t) {
+  const at::Tensor row = logits[0][t].to(at::kFloat).contiguous();
+  const float* p = row.data_ptr<float>();
+  return std::vector<float>(p, p + row.numel());
+}
+
+}  // namespace
+
+Sampler::Sampler(double temperature, double top_p, uint64_t seed)
+    : temperature_(temperature), top_p_(top_p), state_(seed) {
+  TORCH_CHECK(temperature >= 0 && std::isfinite(temperature), "temperature must be >= 0, got ", temperature);
+  TORCH_CHECK(std::isfinite(top_p), "top-p must be a number, got ", top_p);
+  TORCH_CHECK(seed != 0, "the sampling seed must be nonzero (xorshift stays at 0 forever)");
+}
+
+uint32_t Sampler::random_u32() {
+  // xorshift64*, as run.c's random_u32.
+  state_ ^= state_ >> 12;
+  state_ ^= state_ << 25;
+  state_ ^= state_ >> 27;
+  return static_cast<uint32_t>((state_ * 0x2545F4914F6CDD1DULL) >> 32);
+}
+
+float Sampler::random_f32() { return static_cast<float>(random_u32() >> 8) / 16777216.0f; }
+
+int64_t Sampler::argmax(const std::vector<float>& logits) {
+  TORCH_CHECK(!logits.empty(), "argmax of empty logits");
+  return std::max_element(logits.begin(), logits.end()) - logits.begin();  // first of equal maxima
+}
+
+int64_t Sampler::next(std::vector<float>& logits) {
+  if (temperature_ == 0.0) return argmax(logits);
+  const int64_t n = static_cast<int64_t>(logits.size());
+  TORCH_CHECK(n > 0, "sampling from empty logits");
+  // Softmax of logits / temperature, in float as run.c.
+  const float inv_t = static_cast<float>(1.0 / temperature_);
+  for (float& x : logits) x *= inv_t;
+  const float top = *std::max_element(logits.begin(), logits.end());
+  float sum = 0.0f;
+  for (float& x : logits) {
+    x = std::exp(x - top);
+    sum += x;
+  }
+  for (float& x : logits) x /= sum;
+  const float coin = random_f32();
+  if (top_p_ <= 0.0 || top_p_ >= 1.0) {
+    float cdf = 0.0f;
+    for (int64_t i = 0; i < n; ++i) {
+      cdf += logits[i];
+      if (coin < cdf) return i;
+    }
+    return n - 1;  // rounding left the cdf below the coin
+  }
+  // Nucleus: the most probable tokens until their mass exceeds top_p. Tokens below (1 - top_p) / (n - 1) cannot
+  // be among them, so they are dropped before sorting.
+  const float cutoff = n > 1 ? static_cast<float>((1.0 - top_p_) / static_cast<double>(n - 1)) : 0.0f;
+  std::vector<int64_t> kept;
+  for (int64_t i = 0; i < n; ++i) {
+    if (logits[i] >= cutoff) kept.push_back(i);
+  }
+  std::stable_sort(kept.begin(), kept.end(), [&](int64_t a, int64_t b) { return logits[a] > logits[b]; });
+  float mass = 0.0f;
+  size_t last = kept.size() - 1;
+  for (size_t i = 0; i < kept.size(); ++i) {
+    mass += logits[kept[i]];
+    if (mass > top_p_) {
+      last = i;
+      break;
+    }
+  }
+  const float r = coin * mass;
+  float cdf = 0.0f;
+  for (size_t i = 0; i <= last; ++i) {
+    cdf += logits[kept[i]];
+    if (r < cdf) return kept[i];
+  }
+  return kept[last];
+}
+
+GenerateResult generate(torch::jit::Module& model, const std::vector<int64_t>& prompt, int64_t max_seq_len,
+                        const GenerateConfig& config, const std::function<void(int64_t, int64_t)>& on_token) {
+  TORCH_CHECK(!prompt.empty(), "generate: the prompt needs at least one token (BOS)");
+  int64_t steps = config.steps;
+  if (max_seq_len > 0 && (steps <= 0 || steps > max_seq_len)) steps = max_seq_len;  // as run.c clamps
+  TORCH_CHECK(steps > 0, "generate: give the number of steps: the model does not say its maximum sequence length");
+  Sampler sampler(config.temperature, config.top_p, config.seed);
+  torch::jit::Method init_cache = method_of(model, "init_cache");
+  torch::jit::Method forward_cached = method_of(model, "forward_cached");
+  const at::NoGradGuard no_grad;
+
+  GenerateResult result;
+  result.prompt_tokens = static_cast<int64_t>(prompt.size());
+  const c10::IValue cache = init_cache({int64_t{1}, steps});
+  TORCH_CHECK(cache.isList(), "init_cache must return a list of tensors, got ", cache.tagKind());
+
+  // The prompt in one call (run.c feeds it one position at a time; the logits are the same up to rounding).
+  const int64_t n = result.prompt_tokens;
+  const int64_t k = std::min(n, steps);
+  at::Tensor ids = at::empty({1, k}, at::kLong);
+  std::copy(prompt.begin(), prompt.begin() + k, ids.data_ptr<int64_t>());
+  auto t = Clock::now();
+  at::Tensor logits = cached_logits(forward_cached, ids, 0, cache);
+  result.prefill_seconds = seconds_since(t);
+  result.positions = k;
+
+  auto emit = [&](int64_t prev, int64_t token) {
+    result.tokens.push_back(token);
+    if (on_token) on_token(prev, token);
+  };
+  // Prompt tokens are forced at positions 0 .. min(n - 1, steps) - 1.
+  const int64_t forced = std::min(n - 1, steps);
+  for (int64_t i = 1; i <= forced; ++i) {
+    if (prompt[i] == text::Tokenizer::kBos) {
+      result.stop = "bos";
+      return result;
+    }
+    emit(prompt[i - 1], prompt[i]);
+  }
+  if (steps < n) {
+    result.stop = "steps";
+    return result;
+  }
+  int64_t prev = prompt[n - 1];
+  int64_t pos = n;
+  std::vector<float> row = row_of(logits, k - 1);
+  while (true) {
+    const int64_t next = sampler.next(row);
+    if (next == text::Tokenizer::kBos || (config.stop_at_eos && next == text::Tokenizer::kEos)) {
+      result.stop = next == text::Tokenizer::kBos ? "bos" : "eos";
+      break;
+    }
+    emit(prev, next);
+    ++result.generated;
+    if (pos >= steps) {
+      result.stop = "steps";
+      break;
+    }
+    ids = at::full({1, 1}, next, at::kLong);
+    t = Clock::now();
+    logits = cached_logits(forward_cached, ids, pos, cache);
+    result.decode_seconds += seconds_since(t);
+    ++result.decode_forwards;
+    ++pos;
+    prev = next;
+    row = row_of(logits, 0);
+  }
+  result.positions = pos;
+  return result;
+}
+
+GenerateResult generate_text(const GenerateTextConfig& config, std::ostream& out) {
+  TORCH_CHECK(!config.model_path.empty(), "generate: no model given");
+  TORCH_CHECK(!config.tokenizer_path.empty(), "generate: no tokenizer given");
+  const text::Tokenizer tokenizer = text::Tokenizer::load(config.tokenizer_path);
+  torch::jit::Module model = load_model(config.model_path, config.weights_path);
+  const std::vector<int64_t> prompt = tokenizer.encode(config.prompt, /*bos=*/true, /*eos=*/false);
+  const GenerateResult result =
+      generate(model, prompt, model_max_seq_len(model, config.model_path), config.generate,
+               [&](int64_t prev, int64_t token) {
+                 out << text::Tokenizer::printable(tokenizer.decode_piece(prev, token));
+                 out.flush();
+               });
+  out << "\n";
+  out.flush();
+  return result;
+}
+
+}  // namespace pipeline
+}  // namespace lwq
