@@ -55,6 +55,12 @@ const char* kUsage =
     "  --smoothquant A      w8a8: SmoothQuant with migration strength A in [0, 1] (e.g. 0.5)\n"
     "\n"
     "  --report R.json      per-layer report (shape, dtype, group size, weight MSE, seconds) and totals\n"
+    "  --config C.json      per-layer rules (applied where it appears: later options override it):\n"
+    "                       {\"algorithm\", \"dtype\", \"group_size\", \"sym\", \"include\": [regex], \"exclude\": [regex],\n"
+    "                        \"layers\": [{\"match\": regex, \"dtype\", \"group_size\", \"sym\", \"algorithm\": \"rtn\"}]}\n"
+    "                       the first matching rule applies; a rule may select rtn inside a calibrated run\n"
+    "  --resume             continue a killed run of the same command from its state (Q.pt.lwq-resume/, kept\n"
+    "                       until the output is written); the result is the same bytes as an uninterrupted run\n"
     "  --threads N          intra-op threads (default: libtorch's default)\n"
     "  --quiet              no per-layer progress on stderr\n";
 
@@ -132,6 +138,17 @@ int run_quantize(Args args) {
       config.smoothquant_alpha = args.float_value();
       if (!(config.smoothquant_alpha >= 0 && config.smoothquant_alpha <= 1))
         throw UsageError("--smoothquant needs a strength in [0, 1]");
+    } else if (a == "--config") {
+      const std::string before = config.algorithm;
+      config.algorithm.clear();  // so that the file's algorithm, if any, can be told from none
+      lwq::pipeline::load_config_file(args.value(), config);
+      if (config.algorithm.empty()) {
+        config.algorithm = before;
+      } else {
+        algo_given = true;
+      }
+    } else if (a == "--resume") {
+      config.resume = true;
     } else if (a == "--quiet") {
       config.quiet = true;
     } else {
@@ -141,8 +158,12 @@ int run_quantize(Args args) {
   if (config.model_path.empty()) throw UsageError("quantize: --model is required");
   if (config.out_path.empty()) throw UsageError("quantize: --out is required");
   if (!algo_given) throw UsageError("quantize: --algo is required (rtn, gptq, awq, teq or w8a8)");
-  config.exclude = exclude;
-  if (exclude.empty() && default_exclude) config.exclude = {lwq::pipeline::kDefaultExclude};
+  // --exclude replaces the default (or the config file's list); --no-default-exclude drops the default.
+  if (!exclude.empty()) {
+    config.exclude = exclude;
+  } else if (!default_exclude) {
+    config.exclude.clear();
+  }
   if (threads > 0) at::set_num_threads(static_cast<int>(threads));
 
   const lwq::pipeline::QuantizeResult result = lwq::pipeline::quantize_model(config);

@@ -216,7 +216,17 @@ at::Tensor SafetensorsFile::load_raw(const std::string& name) const {
   at::Tensor out = at::empty(ti.shape, at::TensorOptions().dtype(desc->type));
   TORCH_INTERNAL_ASSERT(out.nbytes() == nbytes);
   if (nbytes > 0) std::memcpy(out.data_ptr(), src, nbytes);
+  release(ti);
   return out;
+}
+
+void SafetensorsFile::release(const TensorInfo& ti) const {
+  // The copy is made: the mapped pages of this tensor leave the process's resident set (they stay in the page
+  // cache). Without this a layer-wise run over a model larger than RAM would hold every page it ever read.
+  const uintptr_t page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
+  const uintptr_t begin = (reinterpret_cast<uintptr_t>(data_ + ti.begin) + page - 1) / page * page;
+  const uintptr_t end = reinterpret_cast<uintptr_t>(data_ + ti.end) / page * page;
+  if (end > begin) ::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED);
 }
 
 at::Tensor SafetensorsFile::load(const std::string& name) const {
@@ -229,7 +239,10 @@ at::Tensor SafetensorsFile::load(const std::string& name) const {
   const uint8_t* src = data_ + ti.begin;
   if (reinterpret_cast<uintptr_t>(src) % desc->size == 0) {
     // Converted straight from the mapping (read only: .to() never writes its source).
-    return at::from_blob(const_cast<uint8_t*>(src), ti.shape, at::TensorOptions().dtype(desc->type)).to(at::kFloat);
+    at::Tensor out =
+        at::from_blob(const_cast<uint8_t*>(src), ti.shape, at::TensorOptions().dtype(desc->type)).to(at::kFloat);
+    release(ti);
+    return out;
   }
   // Data at an offset that is not a multiple of the element size: copy into aligned memory first.
   return load_raw(name).to(at::kFloat);

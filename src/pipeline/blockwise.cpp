@@ -9,6 +9,7 @@
 
 #include <chrono>
 #include <iostream>
+#include <sstream>
 #include <unordered_map>
 
 #include "lwq/fake_quant.h"
@@ -17,6 +18,7 @@
 #include "lwq/scale_folding.h"
 #include "lwq/smoothquant.h"
 #include "lwq/w8a8.h"
+#include "progress.h"
 
 namespace lwq {
 namespace pipeline {
@@ -67,6 +69,7 @@ jit::Module submodule(jit::Module m, const std::string& name) {
 struct BlockLinear {
   model::LinearLayer layer;  // in the work clone, name relative to the block
   std::string name;          // qualified in the model
+  LayerPlan plan;
   at::Tensor weight() const { return layer.module.attr(layer.weight_attr).toTensor(); }
   at::Tensor bias() const {
     if (!layer.module.hasattr("bias")) return at::Tensor();
@@ -79,7 +82,8 @@ struct BlockLinear {
 class BlockRun {
  public:
   BlockRun(const QuantizeConfig& config, jit::Module& module, const model::BlockList& blocks, size_t index,
-           const ParameterSource& source, const std::set<std::string>& targets, std::set<std::string>& filled)
+           const ParameterSource& source, const std::map<std::string, LayerPlan>& targets,
+           std::set<std::string>& filled)
       : config_(config), module_(module), blocks_(blocks), block_(blocks.blocks[index]),
         prefix_(block_.empty() ? "" : block_ + ".") {
     work_ = submodule(module, block_).clone();
@@ -93,7 +97,7 @@ class BlockRun {
     }
     for (auto& layer : model::find_linear_layers(work_)) {
       if (!targets.count(prefix_ + layer.name)) continue;
-      BlockLinear bl{layer, prefix_ + layer.name};
+      BlockLinear bl{layer, prefix_ + layer.name, targets.at(prefix_ + layer.name)};
       check_finite(bl.weight(), "layer '" + bl.name + "': weight '" + prefix_ + layer.weight_name() + "'");
       bl.set_weight(bl.weight().to(at::kFloat));
       linears_.push_back(std::move(bl));
@@ -137,8 +141,9 @@ class BlockRun {
   BlockLinear& linear(size_t i) { return linears_[i]; }
   jit::Module& work() { return work_; }
 
-  // The float parameters that stay float (norms possibly rescaled, excluded linears) go to the model.
-  void commit_float_parameters(std::set<std::string>& filled) {
+  // The float parameters that stay float (norms possibly rescaled, excluded linears) go to the model; returns them.
+  std::map<std::string, at::Tensor> commit_float_parameters(std::set<std::string>& filled) {
+    std::map<std::string, at::Tensor> committed;
     std::set<std::string> packed_weights;
     for (const auto& l : linears_) packed_weights.insert(prefix_ + l.layer.weight_name());
     std::map<std::string, model::NamedTensorSlot> out;
@@ -148,7 +153,9 @@ class BlockRun {
       if (packed_weights.count(name)) continue;
       out.at(slot.name).set(slot.value());
       filled.insert(name);
+      committed[name] = slot.value();
     }
+    return committed;
   }
 
   // The quantized block's outputs for every sample (the next block's inputs).
@@ -175,7 +182,7 @@ class BlockRun {
   std::vector<std::vector<size_t>> groups_;
 };
 
-QuantizedLayer layer_entry(const BlockLinear& l, const QuantSpec& spec, const PackedWeightPtr& packed,
+QuantizedLayer layer_entry(const BlockLinear& l, const PackedWeightPtr& packed,
                            LayerReport report) {
   QuantizedLayer q;
   q.name = l.name;
@@ -216,12 +223,16 @@ void run_gptq(const QuantizeConfig& config, BlockRun& run, const std::vector<Arg
       LayerReport report;
       PackedWeightPtr p;
       try {
-        p = gptq_quantize(l.weight(), hessians[i]->hessian(), config.spec, config.gptq, &report);
+        if (l.plan.algorithm == "rtn") {
+          p = rtn_quantize(l.weight(), l.plan.spec, config.mse_search, &report);
+        } else {
+          p = gptq_quantize(l.weight(), hessians[i]->hessian(), l.plan.spec, config.gptq, &report);
+        }
       } catch (const c10::Error& e) {
         TORCH_CHECK(false, "layer '", l.name, "': ", e.what_without_backtrace());
       }
       packed[l.name].weight = p;
-      result.quantized.push_back(layer_entry(l, config.spec, p, report));
+      result.quantized.push_back(layer_entry(l, p, report));
       if (config.true_sequential) l.set_weight(p->dequantize());
     }
   }
@@ -253,22 +264,36 @@ void run_scaled(const QuantizeConfig& config, BlockRun& run, const std::vector<A
       weights.push_back(run.linear(i).weight());
       qualified.push_back(run.linear(i).name);
     }
+    // One plan per group: the scales are shared, so are the spec and the algorithm.
+    const LayerPlan& plan = run.linear(group[0]).plan;
+    for (size_t i : group) {
+      const LayerPlan& other = run.linear(i).plan;
+      TORCH_CHECK(other.algorithm == plan.algorithm && other.spec.dtype == plan.spec.dtype &&
+                      other.spec.group_size == plan.spec.group_size && other.spec.sym == plan.spec.sym,
+                  "quantize: layers '", run.linear(group[0]).name, "' and '", run.linear(i).name,
+                  "' read the same input, so ", config.algorithm,
+                  " gives them one set of scales; the config must give them the same algorithm and format");
+    }
     const at::Tensor x = at::cat(inputs[group[0]], 0);
     for (size_t i : group) inputs[i].clear();
     at::Tensor scales;  // per input channel: inputs divided by it, weight columns multiplied
     std::vector<PackedWeightPtr> group_packed(group.size());
     std::vector<LayerReport> reports(group.size());
     std::vector<c10::optional<model::ActivationQuant>> activations(group.size());
-    if (config.algorithm == "awq") {
+    if (plan.algorithm == "rtn") {
+      for (size_t k = 0; k < group.size(); ++k) {
+        group_packed[k] = rtn_quantize(weights[k], plan.spec, config.mse_search, &reports[k]);
+      }
+    } else if (config.algorithm == "awq") {
       AwqOptions options = config.awq;
-      options.spec = config.spec;
+      options.spec = plan.spec;
       AwqResult r = awq_search(x, weights, options, qualified);
       scales = r.ratio < 0 ? at::Tensor() : r.scales;
       group_packed = r.packed;
       reports = r.reports;
     } else if (config.algorithm == "teq") {
       TeqOptions options = config.teq;
-      options.spec = config.spec;
+      options.spec = plan.spec;
       TeqResult r = teq_quantize(x, weights, options, qualified);
       scales = r.best_step == 0 ? at::Tensor() : r.scales;
       group_packed = r.packed;
@@ -341,7 +366,7 @@ void run_scaled(const QuantizeConfig& config, BlockRun& run, const std::vector<A
       done.insert(l.layer.name);
     }
     for (size_t k = 0; k < group.size(); ++k) {
-      entries[g].push_back(layer_entry(run.linear(group[k]), config.spec, group_packed[k], reports[k]));
+      entries[g].push_back(layer_entry(run.linear(group[k]), group_packed[k], reports[k]));
     }
   }
   for (const auto& e : entries) result.quantized.insert(result.quantized.end(), e.begin(), e.end());
@@ -353,7 +378,9 @@ void run_scaled(const QuantizeConfig& config, BlockRun& run, const std::vector<A
 std::map<std::string, model::PackedLinear> quantize_blockwise(const QuantizeConfig& config, jit::Module& module,
                                                               const ParameterSource& source,
                                                               const std::vector<const model::LinearLayer*>& targets,
-                                                              std::set<std::string>& filled, QuantizeResult& result) {
+                                                              const std::map<std::string, LayerPlan>& plans,
+                                                              std::set<std::string>& filled, ResumeState& state,
+                                                              io::PackedSpill* spill, QuantizeResult& result) {
   const std::set<std::string> algorithms = {"gptq", "awq", "teq", "w8a8"};
   TORCH_CHECK(algorithms.count(config.algorithm), "quantize: unknown algorithm '", config.algorithm,
               "'; available: rtn, gptq, awq, teq, w8a8");
@@ -385,16 +412,16 @@ std::map<std::string, model::PackedLinear> quantize_blockwise(const QuantizeConf
     slot.set(source.load(slot.name, slot.value()));
     filled.insert(slot.name);
   }
-  std::set<std::string> target_names;
+  std::map<std::string, LayerPlan> target_names;  // in the blocks
   for (const auto* t : targets) {
     if (block_of(t->name) != "\n") {
-      target_names.insert(t->name);
+      target_names.emplace(t->name, plans.at(t->name));
       continue;
     }
     const at::Tensor w = source.load(t->weight_name(), t->module.attr(t->weight_attr).toTensor()).to(at::kFloat);
     check_finite(w, "layer '" + t->name + "': weight '" + t->weight_name() + "'");
     QuantizedLayer q;
-    const PackedWeightPtr p = rtn_quantize(w, config.spec, false, &q.report);
+    const PackedWeightPtr p = rtn_quantize(w, plans.at(t->name).spec, config.mse_search, &q.report);
     q.report.adjustments.push_back("outside the blocks: plain RTN");
     packed[t->name].weight = p;
     q.name = t->name;
@@ -407,7 +434,8 @@ std::map<std::string, model::PackedLinear> quantize_blockwise(const QuantizeConf
     result.quantized.push_back(q);
   }
 
-  {
+  const int64_t n_blocks = static_cast<int64_t>(blocks.blocks.size());
+  if (state.done() == 0) {
     model::BlockInputCapture capture(module, blocks);
     const at::NoGradGuard no_grad;
     for (Args& a : args) {
@@ -415,26 +443,54 @@ std::map<std::string, model::PackedLinear> quantize_blockwise(const QuantizeConf
       TORCH_CHECK(!a.empty() && a[0].isTensor(), "blocks: the first argument of '", blocks.blocks[0],
                   "' is not a tensor");
     }
+  } else if (state.done() < n_blocks) {
+    args = state.load_activations();  // the inputs of the first block left to do
   }
+  std::map<std::string, model::NamedTensorSlot> slots;
+  for (auto& slot : model::parameter_slots(module)) slots.emplace(slot.name, slot);
 
-  for (size_t b = 0; b < blocks.blocks.size(); ++b) {
+  Progress progress(n_blocks, "block", config.quiet);
+  progress.skip(state.done());
+  for (int64_t b = 0; b < n_blocks; ++b) {
+    if (b < state.done()) {  // finished by an earlier run
+      UnitState unit = state.load_unit(b);
+      for (auto& p : unit.packed) {
+        if (spill) p.second.weight = spill->spill(p.second.weight);
+        packed.insert(p);
+      }
+      for (const auto& p : unit.params) {
+        slots.at(p.first).set(p.second);
+        filled.insert(p.first);
+      }
+      result.quantized.insert(result.quantized.end(), unit.layers.begin(), unit.layers.end());
+      result.folds.insert(result.folds.end(), unit.folds.begin(), unit.folds.end());
+      continue;
+    }
     const auto start = std::chrono::steady_clock::now();
-    BlockRun run(config, module, blocks, b, source, target_names, filled);
-    const size_t before = result.quantized.size();
+    BlockRun run(config, module, blocks, static_cast<size_t>(b), source, target_names, filled);
+    const size_t before = result.quantized.size(), folds_before = result.folds.size();
     if (config.algorithm == "gptq") {
       run_gptq(config, run, args, packed, result);
     } else {
       run_scaled(config, run, args, packed, result);
     }
-    run.commit_float_parameters(filled);
-    if (b + 1 < blocks.blocks.size()) run.run_quantized(args, packed);
-    if (!config.quiet) {
-      std::cerr << "[block " << (b + 1) << "/" << blocks.blocks.size() << "] "
-                << (blocks.blocks[b].empty() ? "(whole model)" : blocks.blocks[b]) << ": "
-                << (result.quantized.size() - before) << " linears, " << config.algorithm << ", "
-                << seconds_since(start) << " s, RSS " << proc_status_bytes("VmRSS") / (1024 * 1024) << " MiB"
-                << std::endl;
+    UnitState unit;
+    unit.params = run.commit_float_parameters(filled);
+    const bool last = b + 1 == n_blocks;
+    if (!last) run.run_quantized(args, packed);
+    unit.layers.assign(result.quantized.begin() + static_cast<long>(before), result.quantized.end());
+    unit.folds.assign(result.folds.begin() + static_cast<long>(folds_before), result.folds.end());
+    for (const auto& q : unit.layers) unit.packed[q.name] = packed.at(q.name);
+    state.save_unit(b, unit, last ? nullptr : &args);
+    if (spill) {
+      for (const auto& q : unit.layers) packed[q.name].weight = spill->spill(packed[q.name].weight);
     }
+    result.peak_rss_anon_bytes = std::max(result.peak_rss_anon_bytes, proc_status_bytes("RssAnon"));
+    std::ostringstream detail;
+    detail << (blocks.blocks[b].empty() ? "(whole model)" : blocks.blocks[b]) << ": "
+           << (result.quantized.size() - before) << " linears, " << config.algorithm << ", " << seconds_since(start)
+           << " s";
+    progress.done(b, detail.str());
   }
   return packed;
 }

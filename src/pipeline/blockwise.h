@@ -8,9 +8,11 @@
 #include <string>
 #include <vector>
 
+#include "lwq/io/packed_spill.h"
 #include "lwq/model/surgery.h"
 #include "lwq/pipeline/quantize.h"
 #include "parameter_source.h"
+#include "resume.h"
 
 namespace lwq {
 namespace pipeline {
@@ -19,12 +21,15 @@ namespace pipeline {
 // into a private clone, the linears' inputs are observed on the cached block inputs, the linears are quantized
 // (scales folded into producers where the graph allows), the quantized clone computes the next block's inputs,
 // and the block's float parameters that stay float (norms, possibly rescaled) are set on `module`, their names
-// added to `filled`. Returns the packed linears by qualified layer name; appends to result.quantized/folds.
+// added to `filled`. One resume unit per block: blocks finished by an earlier run are restored from `state`.
+// Returns the packed linears by qualified layer name; appends to result.quantized/folds.
 std::map<std::string, model::PackedLinear> quantize_blockwise(const QuantizeConfig& config,
                                                               torch::jit::Module& module,
                                                               const ParameterSource& source,
                                                               const std::vector<const model::LinearLayer*>& targets,
-                                                              std::set<std::string>& filled, QuantizeResult& result);
+                                                              const std::map<std::string, LayerPlan>& plans,
+                                                              std::set<std::string>& filled, ResumeState& state,
+                                                              io::PackedSpill* spill, QuantizeResult& result);
 
 }  // namespace pipeline
 }  // namespace lwq

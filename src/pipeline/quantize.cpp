@@ -15,12 +15,16 @@
 #include <memory>
 #include <regex>
 #include <set>
+#include <sstream>
 
 #include "blockwise.h"
+#include "lwq/io/packed_spill.h"
 #include "lwq/io/safetensors.h"
 #include "lwq/model/surgery.h"
 #include "lwq/rtn.h"
 #include "parameter_source.h"
+#include "progress.h"
+#include "resume.h"
 
 namespace lwq {
 namespace pipeline {
@@ -116,15 +120,32 @@ QuantizeResult quantize_model(const QuantizeConfig& config) {
   const std::vector<model::LinearLayer> layers = model::find_linear_layers(module);
   std::vector<const model::LinearLayer*> to_quantize;
   std::set<std::string> quantized_weights;
+  std::vector<std::regex> include;
+  for (const auto& pattern : config.include) include.emplace_back(pattern, std::regex::ECMAScript);
+  std::map<std::string, LayerPlan> plans;
   for (const auto& layer : layers) {
     const std::string pattern = excluded_by(layer.name, config.exclude, exclude);
     if (!layer.quantizable) {
       result.kept_float.push_back({layer.name, layer.shape, layer.why_not});
     } else if (!pattern.empty()) {
       result.kept_float.push_back({layer.name, layer.shape, "excluded by '" + pattern + "'"});
+    } else if (!include.empty() && excluded_by(layer.name, config.include, include).empty()) {
+      result.kept_float.push_back({layer.name, layer.shape, "not matched by an include pattern"});
     } else {
       to_quantize.push_back(&layer);
       quantized_weights.insert(layer.weight_name());
+      const LayerPlan plan = plan_for(config, layer.name);
+      TORCH_CHECK(plan.algorithm == "rtn" || plan.algorithm == config.algorithm, "quantize: layer '", layer.name,
+                  "': a config rule selects algorithm '", plan.algorithm, "' but the run's algorithm is '",
+                  config.algorithm, "'; a rule may select rtn or the run's algorithm");
+      try {
+        check_scheme(dtype_info(plan.spec.dtype), plan.spec.sym);
+        TORCH_CHECK(plan.spec.group_size == -1 || plan.spec.group_size > 0,
+                    "group size must be -1 (per output channel) or positive, got ", plan.spec.group_size);
+      } catch (const c10::Error& e) {
+        TORCH_CHECK(false, "quantize: layer '", layer.name, "': ", e.what_without_backtrace());
+      }
+      plans.emplace(layer.name, plan);
     }
   }
   std::vector<model::NamedTensorSlot> slots = model::parameter_slots(module);
@@ -139,39 +160,66 @@ QuantizeResult quantize_model(const QuantizeConfig& config) {
     }
   }
 
+  ResumeState state(config, config.resume);
+  if (state.done() > 0 && !config.quiet) {
+    std::cerr << "resuming after " << state.done() << " finished units" << std::endl;
+  }
+  // Layer-wise, finished packed weights leave the heap (io/packed_spill.h): memory stays near one block.
+  std::unique_ptr<io::PackedSpill> spill;
+  if (config.layer_wise) spill = std::make_unique<io::PackedSpill>(config.out_path);
+  auto sample_rss = [&result] {
+    result.peak_rss_anon_bytes = std::max(result.peak_rss_anon_bytes, proc_status_bytes("RssAnon"));
+  };
   std::map<std::string, model::PackedLinear> packed;
   if (config.algorithm == "rtn") {
-    // One linear at a time: at most one float weight is resident.
+    // One linear at a time: at most one float weight is resident. One resume unit per linear.
+    Progress progress(static_cast<int64_t>(to_quantize.size()), "layer", config.quiet);
+    progress.skip(state.done());
     for (size_t i = 0; i < to_quantize.size(); ++i) {
       const model::LinearLayer& layer = *to_quantize[i];
+      if (static_cast<int64_t>(i) < state.done()) {
+        UnitState unit = state.load_unit(static_cast<int64_t>(i));
+        for (auto& p : unit.packed) {
+          if (spill) p.second.weight = spill->spill(p.second.weight);
+          packed.insert(p);
+        }
+        result.quantized.insert(result.quantized.end(), unit.layers.begin(), unit.layers.end());
+        continue;
+      }
       QuantizedLayer q;
       q.name = layer.name;
       q.shape = layer.shape;
-      q.dtype = config.spec.dtype;
-      q.group_size = config.spec.group_size;
-      q.sym = config.spec.sym;
+      const QuantSpec& spec = plans.at(layer.name).spec;
+      q.dtype = spec.dtype;
+      q.group_size = spec.group_size;
+      q.sym = spec.sym;
       {
         const at::Tensor current = layer.module.attr(layer.weight_attr).toTensor();
         const at::Tensor weight =
             (filled.count(layer.weight_name()) ? current : source.load(layer.weight_name(), current)).to(at::kFloat);
         check_finite(weight, "layer '" + layer.name + "': weight '" + layer.weight_name() + "'");
         try {
-          packed[layer.name].weight = rtn_quantize(weight, config.spec, config.mse_search, &q.report);
+          packed[layer.name].weight = rtn_quantize(weight, spec, config.mse_search, &q.report);
+          if (spill) packed[layer.name].weight = spill->spill(packed[layer.name].weight);
         } catch (const c10::Error& e) {
           TORCH_CHECK(false, "layer '", layer.name, "': ", e.what_without_backtrace());
         }
       }
       q.float_bytes = layer.shape[0] * layer.shape[1] * static_cast<int64_t>(sizeof(float));
       q.packed_bytes = packed[layer.name].weight->nbytes();
-      if (!config.quiet) {
-        std::cerr << "[" << (i + 1) << "/" << to_quantize.size() << "] " << layer.name << " "
-                  << c10::IntArrayRef(layer.shape) << " " << q.dtype << " g" << q.group_size << ": weight mse "
-                  << q.report.weight_mse << ", " << q.report.seconds << " s" << std::endl;
-      }
+      std::ostringstream detail;
+      detail << layer.name << " " << c10::IntArrayRef(layer.shape) << " " << q.dtype << " g" << q.group_size
+             << ": weight mse " << q.report.weight_mse << ", " << q.report.seconds << " s";
+      progress.done(static_cast<int64_t>(i), detail.str());
+      UnitState unit;
+      unit.packed[layer.name] = packed[layer.name];
+      unit.layers.push_back(q);
+      state.save_unit(static_cast<int64_t>(i), unit, nullptr);
+      sample_rss();
       result.quantized.push_back(std::move(q));
     }
   } else {
-    packed = quantize_blockwise(config, module, source, to_quantize, filled, result);
+    packed = quantize_blockwise(config, module, source, to_quantize, plans, filled, state, spill.get(), result);
   }
   for (const auto& q : result.quantized) {
     result.float_bytes += q.float_bytes;
@@ -193,6 +241,7 @@ QuantizeResult quantize_model(const QuantizeConfig& config) {
       ++result.params_from_archive;
     }
   }
+  sample_rss();
   model::install_packed_linears(module, layers, packed);
 
   // Saved through a stream: the archive's inner folder name is then fixed ("archive"), not the temporary file's
@@ -203,6 +252,9 @@ QuantizeResult quantize_model(const QuantizeConfig& config) {
     out.close();
     TORCH_CHECK(out, "quantize: cannot write ", tmp);
   });
+  state.finish();
+  sample_rss();
+  if (spill) result.spilled_bytes = spill->bytes();
   result.peak_rss_bytes = proc_status_bytes("VmHWM");
   result.rss_anon_bytes = proc_status_bytes("RssAnon");
   result.rss_file_bytes = proc_status_bytes("RssFile");
@@ -268,6 +320,8 @@ std::string report_json(const QuantizeConfig& config, const QuantizeResult& resu
         {"params_from_archive", result.params_from_archive},
         {"peak_rss_bytes", result.peak_rss_bytes},
         {"rss_anon_bytes_at_end", result.rss_anon_bytes},
+        {"peak_rss_anon_bytes", result.peak_rss_anon_bytes},
+        {"packed_bytes_spilled", result.spilled_bytes},
         {"rss_file_bytes_at_end", result.rss_file_bytes},
         {"seconds", result.seconds}}}};
   return report.dump(2);

@@ -9,7 +9,7 @@ import json
 import pytest
 import torch
 
-from test_cli import lwq, make_test_models, models, run_fresh  # noqa: F401 (models is a fixture)
+from test_cli import LWQ, lwq, make_test_models, models, run_fresh  # noqa: F401 (models is a fixture)
 
 DIM = make_test_models.SCRIPTED_DIM
 
@@ -153,4 +153,83 @@ def test_calibration_errors_are_named(models, calibrated, tmp_path):
     fails(lwq(*base, "--algo", "w8a8", *calib), "--dtype int8 --group-size -1")
     fails(lwq(*base, "--algo", "gptq", "--blocks", "stack", *calib), "stack")
     fails(lwq(*base, "--algo", "gptq", "--nsamples", "1000", *calib), "1000")
+    assert not (tmp_path / "q.pt").exists()
+
+
+def kill_and_resume(base, out, kill_after):
+    """Runs `base`, SIGKILLed by itself after `kill_after` finished units, then resumes it."""
+    import os
+    import signal
+    import subprocess
+    env = dict(os.environ, LWQ_TEST_KILL_AFTER_UNITS=str(kill_after))
+    killed = subprocess.run([str(a) for a in base], capture_output=True, text=True, env=env, timeout=300)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert not out.exists()  # nothing at the output path before the run completes
+    state = json.loads((out.parent / (out.name + ".lwq-resume") / "state.json").read_text())
+    assert state["done"] == kill_after
+    resumed = subprocess.run([str(a) for a in base + ["--resume"]], capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resuming after {kill_after} finished units" in resumed.stderr
+    assert not (out.parent / (out.name + ".lwq-resume")).exists()  # the state goes once the output is written
+    return out.read_bytes()
+
+
+@pytest.mark.parametrize("algo,kill_after", [("gptq", 1), ("awq", 2), ("rtn", 4)])
+def test_killed_run_resumes_to_the_same_bytes(models, calibrated, tmp_path, algo, kill_after):
+    def command(out):
+        return [LWQ, "quantize", "--model", models / "scripted.pt", "--weights", models / "scripted.safetensors",
+                "--algo", algo, "--group-size", "32", "--calib-tensors", calibrated / "calib.safetensors",
+                "--out", out]
+    reference = tmp_path / "reference.pt"
+    r = lwq(*command(reference)[1:])
+    assert r.returncode == 0, r.stderr
+    assert kill_and_resume(command(tmp_path / "q.pt"), tmp_path / "q.pt", kill_after) == reference.read_bytes()
+
+
+def test_resume_refuses_the_state_of_another_command(models, calibrated, tmp_path):
+    out = tmp_path / "q.pt"
+    base = ["quantize", "--model", models / "scripted.pt", "--weights", models / "scripted.safetensors",
+            "--calib-tensors", calibrated / "calib.safetensors", "--out", out]
+    import os
+    import subprocess
+    env = dict(os.environ, LWQ_TEST_KILL_AFTER_UNITS="1")
+    subprocess.run([str(LWQ)] + [str(a) for a in base + ["--algo", "gptq"]], env=env, capture_output=True)
+    fails(lwq(*base, "--algo", "gptq", "--group-size", "64", "--resume"), "spec", "another run")
+    # Without --resume the old state is discarded and the run starts afresh.
+    r = lwq(*base, "--algo", "gptq", "--group-size", "64")
+    assert r.returncode == 0, r.stderr
+
+
+def test_config_rules_set_formats_per_layer(models, calibrated, tmp_path):
+    config = tmp_path / "rules.json"
+    config.write_text(json.dumps({
+        "algorithm": "gptq", "dtype": "int4", "group_size": 32,
+        "exclude": ["layers\\.2\\.down$", "lm_head"],
+        "layers": [{"match": "\\.down$", "dtype": "int8", "group_size": -1, "algorithm": "rtn"},
+                   {"match": "layers\\.1\\.", "sym": False}]}))
+    out = tmp_path / "q.pt"
+    r = lwq("quantize", "--model", models / "scripted.pt", "--weights", models / "scripted.safetensors",
+            "--config", config, "--calib-tensors", calibrated / "calib.safetensors", "--out", out,
+            "--report", tmp_path / "r.json", "--quiet")
+    assert r.returncode == 0, r.stderr
+    report = json.loads((tmp_path / "r.json").read_text())
+    layers = {l["name"]: l for l in report["layers"]}
+    assert "layers.2.down" not in layers and "layers.2.down" in {k["name"] for k in report["kept_float"]}
+    assert (layers["layers.0.down"]["dtype"], layers["layers.0.down"]["group_size"]) == ("int8", -1)
+    assert layers["layers.0.down"]["algorithm"] == "rtn" and layers["layers.0.up"]["algorithm"] == "gptq"
+    assert layers["layers.1.up"]["sym"] is False and layers["layers.0.up"]["sym"] is True
+    assert run_fresh(out, calibrated / "reference.pt")["rel_error"] < 0.1
+
+
+def test_bad_config_is_named(models, calibrated, tmp_path):
+    base = ["quantize", "--model", models / "scripted.pt", "--weights", models / "scripted.safetensors",
+            "--out", tmp_path / "q.pt", "--algo", "rtn", "--config"]
+    for text, needle in [("{", "not valid JSON"), ('{"dtypes": "int4"}', "dtypes"),
+                         ('{"layers": [{"dtype": "int8"}]}', "match"),
+                         ('{"layers": [{"match": "(", "dtype": "int8"}]}', "regular expression"),
+                         ('{"group_size": "big"}', "group_size"),
+                         ('{"layers": [{"match": "up", "dtype": "int5"}]}', "layers.0.up")]:
+        path = tmp_path / "c.json"
+        path.write_text(text)
+        fails(lwq(*base, path), needle)
     assert not (tmp_path / "q.pt").exists()

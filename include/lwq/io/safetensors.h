@@ -42,6 +42,7 @@ class SafetensorsFile {
 
  private:
   SafetensorsFile() = default;
+  void release(const TensorInfo& ti) const;  // drops the tensor's mapped pages from the resident set
   std::string path_;
   std::map<std::string, TensorInfo> tensors_;
   std::map<std::string, std::string> metadata_;

@@ -5,6 +5,7 @@
 // the packed ones already made and the float parameters that stay in the output (norms, excluded layers).
 #pragma once
 
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -19,6 +20,16 @@ namespace pipeline {
 // Module names left in float by default, as Intel Neural Compressor does (the output head).
 constexpr const char* kDefaultExclude = R"((^|\.)(lm_head|output)$)";
 
+// A per-layer rule of the --config file: the first rule whose regex is found in a layer's qualified name gives
+// that layer what it sets; the rest comes from the command line.
+struct LayerRule {
+  std::string match;
+  std::optional<std::string> dtype;
+  std::optional<int64_t> group_size;
+  std::optional<bool> sym;
+  std::optional<std::string> algorithm;  // "rtn", or the run's calibrated algorithm
+};
+
 struct QuantizeConfig {
   std::string model_path;    // TorchScript archive (.pt)
   std::string weights_path;  // safetensors file or sharded directory; empty: the archive must hold every value
@@ -29,7 +40,12 @@ struct QuantizeConfig {
   bool mse_search = false;  // RTN: per-group clip-ratio search (rtn.h)
   // ECMAScript regexes searched in qualified module names; matching layers stay float.
   std::vector<std::string> exclude = {kDefaultExclude};
+  std::vector<std::string> include;  // when set, only layers matching one of these regexes are quantized
+  std::vector<LayerRule> rules;
   bool quiet = false;  // no per-layer progress on stderr
+  // Continue a killed run from the state kept next to the output (<out>.lwq-resume/) when it was made by the
+  // same command; without it any such state is discarded. The result is the same bytes either way.
+  bool resume = false;
 
   // Calibration (gptq, awq, teq, w8a8): block by block on cached activations (blocks.h).
   std::string blocks;             // qualified name of the module list of blocks; empty: detected
@@ -82,8 +98,26 @@ struct QuantizeResult {
   // Resident memory at the end, split: anonymous (heap: tensors) and file-backed (mapped safetensors pages the
   // kernel may drop at will).
   int64_t rss_anon_bytes = 0, rss_file_bytes = 0;
+  // Largest anonymous (heap) resident size seen after each unit of work and after the save: VmHWM also counts
+  // file-backed pages (mapped safetensors, spilled packed weights) the kernel may drop at will.
+  int64_t peak_rss_anon_bytes = 0;
+  int64_t spilled_bytes = 0;  // packed codes kept in the spill file instead of the heap
   double seconds = 0;
 };
+
+// Reads a --config JSON file into `config` (its fields override what config holds):
+//   {"algorithm": "gptq", "dtype": "int4", "group_size": 128, "sym": true,
+//    "include": ["regex", ...], "exclude": ["regex", ...],
+//    "layers": [{"match": "regex", "dtype": "int8", "group_size": -1, "sym": false, "algorithm": "rtn"}, ...]}
+// Every field is optional. Unknown keys and wrong types are refused, naming the file and the key.
+void load_config_file(const std::string& path, QuantizeConfig& config);
+
+// What one layer gets: the command line's spec and algorithm, then the first matching rule.
+struct LayerPlan {
+  QuantSpec spec;
+  std::string algorithm;
+};
+LayerPlan plan_for(const QuantizeConfig& config, const std::string& layer);
 
 // Runs the whole pipeline. Throws c10::Error naming the file, tensor or layer on any problem; the output path is
 // only created (atomically) when everything succeeded.

@@ -1,0 +1,232 @@
+#include "resume.h"
+
+#include <ATen/Parallel.h>
+#include <torch/serialize.h>
+
+#include <nlohmann/json.hpp>
+
+#include <csignal>
+#include <cmath>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <sstream>
+
+#include "lwq/io/safetensors.h"
+
+namespace lwq {
+namespace pipeline {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+namespace {
+
+// A file as the fingerprint sees it: path, size and modification time (a changed input invalidates the state).
+json file_identity(const std::string& path) {
+  if (path.empty()) return nullptr;
+  std::error_code ec;
+  fs::path p(path);
+  if (fs::is_directory(p, ec)) {
+    json files = json::object();
+    for (const auto& entry : fs::directory_iterator(p, ec)) {
+      if (entry.is_regular_file(ec)) files[entry.path().filename().string()] = file_identity(entry.path().string());
+    }
+    return {{"path", fs::absolute(p, ec).string()}, {"files", files}};
+  }
+  const auto size = fs::file_size(p, ec);
+  const auto mtime = fs::last_write_time(p, ec).time_since_epoch().count();
+  return {{"path", fs::absolute(p, ec).string()}, {"size", static_cast<int64_t>(size)}, {"mtime", mtime}};
+}
+
+json fingerprint_of(const QuantizeConfig& c) {
+  return {{"model", file_identity(c.model_path)},
+          {"weights", file_identity(c.weights_path)},
+          {"calibration", file_identity(c.calib_tensors)},
+          {"algorithm", c.algorithm},
+          {"spec", {c.spec.dtype, c.spec.group_size, c.spec.sym}},
+          {"mse_search", c.mse_search},
+          {"exclude", c.exclude},
+          {"blocks", c.blocks},
+          {"nsamples", c.nsamples},
+          {"true_sequential", c.true_sequential},
+          {"gptq", {c.gptq.percdamp, c.gptq.block_size, c.gptq.act_order, c.gptq.static_groups}},
+          {"awq", {c.awq.n_grid, c.awq.duo_scaling, c.awq.clip_search, c.awq.clip_grid, c.awq.max_shrink,
+                   c.awq.clip_max_rows}},
+          {"teq", {c.teq.steps, c.teq.lr, c.teq.beta1, c.teq.beta2, c.teq.warmup_ratio, c.teq.batch_size,
+                   c.teq.eval_every, c.teq.seed, c.teq.normalise_scales}},
+          {"w8a8", {c.observer, c.act_dtype, c.smoothquant_alpha}},
+          // Results are reproducible for a given thread count (GPTQ for any), so it is part of the identity.
+          {"threads", at::get_num_threads()}};
+}
+
+json layer_to_json(const QuantizedLayer& q) {
+  return {{"name", q.name},
+          {"shape", q.shape},
+          {"dtype", q.dtype},
+          {"group_size", q.group_size},
+          {"sym", q.sym},
+          {"algorithm", q.report.algorithm},
+          {"weight_mse", q.report.weight_mse},
+          {"output_mse", q.report.output_mse},
+          {"baseline_output_mse", q.report.baseline_output_mse},
+          {"seconds", q.report.seconds},
+          {"adjustments", q.report.adjustments},
+          {"float_bytes", q.float_bytes},
+          {"packed_bytes", q.packed_bytes}};
+}
+
+// Errors not measured are -1; NaN (a failed measurement) is written as null.
+double number(const json& j, const char* key) {
+  const json& v = j.at(key);
+  return v.is_number() ? v.get<double>() : std::nan("");
+}
+
+QuantizedLayer layer_from_json(const json& j) {
+  QuantizedLayer q;
+  q.name = j.at("name");
+  q.shape = j.at("shape").get<std::vector<int64_t>>();
+  q.dtype = j.at("dtype");
+  q.group_size = j.at("group_size");
+  q.sym = j.at("sym");
+  q.report.algorithm = j.at("algorithm");
+  q.report.weight_mse = number(j, "weight_mse");
+  q.report.output_mse = number(j, "output_mse");
+  q.report.baseline_output_mse = number(j, "baseline_output_mse");
+  q.report.seconds = number(j, "seconds");
+  q.report.adjustments = j.at("adjustments").get<std::vector<std::string>>();
+  q.float_bytes = j.at("float_bytes");
+  q.packed_bytes = j.at("packed_bytes");
+  return q;
+}
+
+void write_bytes(const std::string& path, const std::vector<char>& bytes) {
+  io::atomic_write(path, [&](const std::string& tmp) {
+    std::ofstream out(tmp, std::ios::binary);
+    out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+    out.close();
+    TORCH_CHECK(out, "resume state: cannot write ", tmp);
+  });
+}
+
+std::vector<char> read_bytes(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  TORCH_CHECK(in, "resume state: cannot read ", path, " (delete the directory and run without --resume)");
+  return std::vector<char>(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+}
+
+std::string unit_path(const std::string& dir, int64_t k) { return dir + "/unit-" + std::to_string(k) + ".pt"; }
+
+}  // namespace
+
+ResumeState::ResumeState(const QuantizeConfig& config, bool resume)
+    : dir_(config.out_path + ".lwq-resume"), fingerprint_(fingerprint_of(config).dump()) {
+  std::error_code ec;
+  const std::string state = dir_ + "/state.json";
+  if (resume && fs::exists(state, ec)) {
+    json j;
+    try {
+      j = json::parse(std::ifstream(state));
+    } catch (const json::exception& e) {
+      TORCH_CHECK(false, "resume state ", state, " is not valid JSON (", e.what(),
+                  "); delete ", dir_, " and run without --resume");
+    }
+    const json saved = j.value("fingerprint", json());
+    const json now = json::parse(fingerprint_);
+    for (auto it = now.begin(); it != now.end(); ++it) {
+      TORCH_CHECK(saved.contains(it.key()) && saved[it.key()] == it.value(), "resume state ", dir_,
+                  " was made by another run: '", it.key(), "' differs (then ", saved.value(it.key(), json()).dump(),
+                  ", now ", it.value().dump(), "); run the same command, or delete the directory");
+    }
+    done_ = j.at("done").get<int64_t>();
+    return;
+  }
+  fs::remove_all(dir_, ec);
+  fs::create_directories(dir_, ec);
+  TORCH_CHECK(!ec, "resume state: cannot create ", dir_, ": ", ec.message());
+}
+
+void ResumeState::save_unit(int64_t k, const UnitState& unit,
+                            const std::vector<std::vector<c10::IValue>>* activations) {
+  TORCH_INTERNAL_ASSERT(k == done_, "resume state: unit ", k, " saved after ", done_);
+  c10::impl::GenericDict packed(c10::StringType::get(), c10::AnyType::get());
+  for (const auto& entry : unit.packed) {
+    const model::PackedLinear& p = entry.second;
+    c10::IValue act;
+    if (p.activation) act = std::make_tuple(p.activation->scale, p.activation->zero_point, p.activation->dtype);
+    packed.insert(entry.first, c10::ivalue::Tuple::create({c10::IValue(p.weight->state()),
+                                                           p.input_scale.defined() ? c10::IValue(p.input_scale)
+                                                                                   : c10::IValue(),
+                                                           act}));
+  }
+  c10::impl::GenericDict params(c10::StringType::get(), c10::TensorType::get());
+  for (const auto& entry : unit.params) params.insert(entry.first, entry.second);
+  json report = {{"layers", json::array()}, {"folds", json::array()}};
+  for (const auto& q : unit.layers) report["layers"].push_back(layer_to_json(q));
+  for (const auto& f : unit.folds) report["folds"].push_back({{"layers", f.layers}, {"applied", f.applied}});
+  write_bytes(unit_path(dir_, k),
+              torch::pickle_save(c10::ivalue::Tuple::create({packed, params, report.dump()})));
+  if (activations) {
+    c10::impl::GenericList all(c10::AnyType::get());
+    for (const auto& args : *activations) {
+      c10::impl::GenericList one(c10::AnyType::get());
+      for (const auto& a : args) one.push_back(a);
+      all.push_back(one);
+    }
+    write_bytes(dir_ + "/activations.pt", torch::pickle_save(all));
+  }
+  const json state = {{"fingerprint", json::parse(fingerprint_)}, {"done", k + 1}};
+  const std::string text = state.dump(2);
+  write_bytes(dir_ + "/state.json", std::vector<char>(text.begin(), text.end()));
+  done_ = k + 1;
+  // For the kill-and-resume test: a real SIGKILL at a chosen point of the run.
+  const char* kill_after = std::getenv("LWQ_TEST_KILL_AFTER_UNITS");
+  if (kill_after && std::atoll(kill_after) == done_) std::raise(SIGKILL);
+}
+
+UnitState ResumeState::load_unit(int64_t k) const {
+  const c10::IValue v = torch::pickle_load(read_bytes(unit_path(dir_, k)));
+  const auto& elements = v.toTupleRef().elements();
+  UnitState unit;
+  for (const auto& entry : elements.at(0).toGenericDict()) {
+    const auto& t = entry.value().toTupleRef().elements();
+    model::PackedLinear p;
+    p.weight = PackedWeight::from_state(t.at(0).to<PackedWeight::State>());
+    if (!t.at(1).isNone()) p.input_scale = t.at(1).toTensor();
+    if (!t.at(2).isNone()) {
+      const auto& a = t.at(2).toTupleRef().elements();
+      p.activation = model::ActivationQuant{a.at(0).toDouble(), a.at(1).toInt(), a.at(2).toStringRef()};
+    }
+    unit.packed.emplace(entry.key().toStringRef(), std::move(p));
+  }
+  for (const auto& entry : elements.at(1).toGenericDict()) {
+    unit.params.emplace(entry.key().toStringRef(), entry.value().toTensor());
+  }
+  const json report = json::parse(elements.at(2).toStringRef());
+  for (const auto& q : report.at("layers")) unit.layers.push_back(layer_from_json(q));
+  for (const auto& f : report.at("folds")) {
+    unit.folds.push_back({f.at("layers").get<std::vector<std::string>>(), f.at("applied").get<std::string>()});
+  }
+  return unit;
+}
+
+std::vector<std::vector<c10::IValue>> ResumeState::load_activations() const {
+  const c10::IValue v = torch::pickle_load(read_bytes(dir_ + "/activations.pt"));
+  std::vector<std::vector<c10::IValue>> out;
+  for (const c10::IValue& args : v.toListRef()) {
+    const auto list = args.toListRef();
+    out.emplace_back(list.begin(), list.end());
+  }
+  return out;
+}
+
+ResumeState::~ResumeState() { finish(); }
+
+void ResumeState::finish() {
+  std::error_code ec;
+  fs::remove_all(dir_, ec);
+}
+
+}  // namespace pipeline
+}  // namespace lwq

@@ -1,0 +1,57 @@
+// Internal to the pipeline: the resume state of a run, kept next to the output (<out>.lwq-resume/) so that a run
+// killed at any point and restarted with --resume continues after the last finished unit (a block, or one linear
+// for RTN) and gives the same bytes as an uninterrupted run.
+//
+// Layout: unit-<k>.pt (packed weights, input scales, activation parameters and float parameters set by unit k,
+// plus its report entries), activations.pt (the next block's inputs after the last unit, calibrated runs only) and
+// state.json ({"fingerprint": {...}, "done": k}), each written atomically, state.json last: a kill between the
+// files leaves a state that still points at complete files. The environment variable LWQ_TEST_KILL_AFTER_UNITS=k
+// makes the process SIGKILL itself right after unit k-1 is recorded (the kill-and-resume test uses it).
+#pragma once
+
+#include <torch/script.h>
+
+#include <map>
+#include <string>
+#include <vector>
+
+#include "lwq/model/surgery.h"
+#include "lwq/pipeline/quantize.h"
+
+namespace lwq {
+namespace pipeline {
+
+// What one unit of work produced.
+struct UnitState {
+  std::map<std::string, model::PackedLinear> packed;  // by qualified layer name
+  std::map<std::string, at::Tensor> params;           // float parameters given their final values
+  std::vector<QuantizedLayer> layers;
+  std::vector<ScaleFoldReport> folds;
+};
+
+class ResumeState {
+ public:
+  // With resume=false any earlier state of this output is discarded. With resume=true a state made with another
+  // fingerprint (other inputs or options) is refused, naming the field that differs.
+  ResumeState(const QuantizeConfig& config, bool resume);
+  // Removes the state: a run that ends with an error (bad weights, NaN) cannot be resumed into a good result, and
+  // nothing is left beside the output. Only a killed process (no destructors run) leaves its state.
+  ~ResumeState();
+  ResumeState(const ResumeState&) = delete;
+  ResumeState& operator=(const ResumeState&) = delete;
+
+  int64_t done() const { return done_; }  // units finished by earlier runs
+  UnitState load_unit(int64_t k) const;
+  std::vector<std::vector<c10::IValue>> load_activations() const;
+  // Records unit k (== done()) and, for calibrated runs, the activations after it.
+  void save_unit(int64_t k, const UnitState& unit, const std::vector<std::vector<c10::IValue>>* activations);
+  void finish();  // the output is written: the state is no longer needed
+
+ private:
+  std::string dir_;
+  std::string fingerprint_;  // JSON text
+  int64_t done_ = 0;
+};
+
+}  // namespace pipeline
+}  // namespace lwq
