@@ -38,7 +38,12 @@ const char* kUsage =
     "calibration (gptq, awq, teq, w8a8):\n"
     "  --calib-tensors F    safetensors file with input_ids [N, L] (token ids; or inputs [N, ...] for models\n"
     "                       whose forward takes a float tensor); each row is one calibration sample\n"
-    "  --nsamples N         use the first N rows (default: all)\n"
+    "  --calib TEXT         or a text file for language models (forward(input_ids) -> logits): BOS + each\n"
+    "                       blank-line separated paragraph, concatenated, cut into windows of --seqlen tokens\n"
+    "  --tokenizer TOK      llama2.c tokenizer for --calib\n"
+    "  --seqlen L           tokens per --calib window (default 256)\n"
+    "  --nsamples N         samples: the first N rows of --calib-tensors (default all), or N windows of --calib\n"
+    "                       (default 64); activations of N x L tokens are cached per block\n"
     "  --blocks NAME        the module list whose children are the blocks (default: the longest one found;\n"
     "                       a model without one is calibrated as a single block)\n"
     "  --no-layer-wise      load every weight first (in-memory reference mode; same result, more memory)\n"
@@ -107,6 +112,12 @@ int run_quantize(Args args) {
       if (threads < 1) throw UsageError("--threads must be at least 1");
     } else if (a == "--calib-tensors") {
       config.calib_tensors = args.value();
+    } else if (a == "--calib") {
+      config.calib_text = args.value();
+    } else if (a == "--tokenizer") {
+      config.tokenizer_path = args.value();
+    } else if (a == "--seqlen") {
+      config.seqlen = args.int_value();
     } else if (a == "--nsamples") {
       config.nsamples = args.int_value();
       if (config.nsamples < 1) throw UsageError("--nsamples must be at least 1");

@@ -189,6 +189,18 @@ at::Tensor observe_linear_input(const at::Tensor& x, const at::Tensor& weight) {
   return x;
 }
 
+// Operations that change only the dtype or layout of a value: a scale passes through them unchanged.
+bool is_cast(const jit::Node* n) {
+  return n->kind() == c10::aten::to || n->kind() == c10::aten::type_as || n->kind() == c10::aten::contiguous;
+}
+
+// Uses that read a tensor's shape or type, not its values: scaling the values leaves them unchanged.
+bool reads_metadata(const jit::Node* n) {
+  return n->kind() == c10::aten::size || n->kind() == c10::aten::dim ||
+         n->kind() == c10::prim::dtype || n->kind() == c10::prim::device ||
+         n->kind() == c10::aten::len;
+}
+
 const c10::Symbol kObserveSymbol = c10::Symbol::fromQualString("lwq::_observe_linear_input");
 
 }  // namespace
@@ -328,8 +340,9 @@ std::vector<ScaleFold> find_scale_folds(const jit::Module& module,
     std::vector<std::string> path;
     if (module_path(n->input(1)->node()->input(), self, path)) linears[join_path(path)].push_back(n);
   }
-  // A tensor attribute read exactly once, whose only use is `use`.
+  // A tensor attribute read exactly once, whose only use is `use` (through dtype casts: weight.float()).
   auto sole_param = [&](jit::Value* v, std::string& name) {
+    while (is_cast(v->node()) && v->uses().size() == 1) v = v->node()->input(0);
     if (v->node()->kind() != c10::prim::GetAttr || v->uses().size() != 1) return false;
     std::vector<std::string> path;
     if (!module_path(v->node()->input(), self, path)) return false;
@@ -370,7 +383,9 @@ std::vector<ScaleFold> find_scale_folds(const jit::Module& module,
     }
     if (fold.why_not.empty() && x) {
       bool only_group = true;
-      for (const jit::Use& use : x->uses()) only_group &= members.count(use.user) && use.offset == 0;
+      for (const jit::Use& use : x->uses()) {
+        only_group &= (members.count(use.user) && use.offset == 0) || reads_metadata(use.user);
+      }
       jit::Node* producer = x->node();
       if (!only_group) {
         fold.why_not = "the input of '" + group[0] + "' is also read by other operations";

@@ -14,6 +14,8 @@
 
 #include "lwq/fake_quant.h"
 #include "lwq/model/blocks.h"
+#include "lwq/pipeline/evaluate.h"
+#include "lwq/text/tokenizer.h"
 #include "lwq/rtn.h"
 #include "lwq/scale_folding.h"
 #include "lwq/smoothquant.h"
@@ -33,10 +35,38 @@ double seconds_since(std::chrono::steady_clock::time_point start) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 }
 
-// One row per sample (batch dimension kept: [1, ...]) from --calib-tensors.
+// Token windows of a text: BOS + each paragraph, concatenated, cut into windows of seqlen tokens (the first
+// nsamples). Deterministic, and the same protocol for every model, so results are comparable across runs.
+std::vector<Args> text_calibration(const QuantizeConfig& config) {
+  TORCH_CHECK(!config.tokenizer_path.empty(), "quantize: --calib ", config.calib_text,
+              " needs --tokenizer (a llama2.c tokenizer.bin)");
+  TORCH_CHECK(config.seqlen >= 2, "quantize: --seqlen must be at least 2, got ", config.seqlen);
+  const text::Tokenizer tokenizer = text::Tokenizer::load(config.tokenizer_path);
+  const int64_t n = config.nsamples > 0 ? config.nsamples : 64;
+  std::vector<int64_t> ids;
+  for (const std::string& paragraph : read_segments(config.calib_text)) {
+    const std::vector<int64_t> t = tokenizer.encode(paragraph, /*bos=*/true, /*eos=*/false);
+    ids.insert(ids.end(), t.begin(), t.end());
+    if (static_cast<int64_t>(ids.size()) >= n * config.seqlen) break;
+  }
+  TORCH_CHECK(static_cast<int64_t>(ids.size()) >= n * config.seqlen, "quantize: the calibration text ",
+              config.calib_text, " gives ", ids.size(), " tokens, fewer than --nsamples ", n, " x --seqlen ",
+              config.seqlen, "; use a longer text or fewer/shorter samples");
+  std::vector<Args> out;
+  for (int64_t i = 0; i < n; ++i) {
+    out.push_back({at::tensor(std::vector<int64_t>(ids.begin() + i * config.seqlen,
+                                                   ids.begin() + (i + 1) * config.seqlen))
+                       .unsqueeze(0)});
+  }
+  return out;
+}
+
+// One row per sample (batch dimension kept: [1, ...]) from --calib-tensors, or windows of --calib text.
 std::vector<Args> calibration_inputs(const QuantizeConfig& config) {
+  if (!config.calib_text.empty()) return text_calibration(config);
   TORCH_CHECK(!config.calib_tensors.empty(), "quantize: --algo ", config.algorithm,
-              " needs calibration inputs: --calib-tensors FILE (safetensors holding input_ids [N, L])");
+              " needs calibration inputs: --calib-tensors FILE (safetensors holding input_ids [N, L]) or --calib "
+              "TEXT --tokenizer TOK");
   const auto file = io::SafetensorsFile::open(config.calib_tensors);
   const std::string name = file->contains("input_ids") ? "input_ids" : file->contains("inputs") ? "inputs" : "";
   TORCH_CHECK(!name.empty(), "quantize: the calibration file ", config.calib_tensors,

@@ -57,12 +57,19 @@ void check_config(const QuantizeConfig& config) {
   const std::set<std::string> algorithms = {"rtn", "gptq", "awq", "teq", "w8a8"};
   TORCH_CHECK(algorithms.count(config.algorithm), "quantize: unknown algorithm '", config.algorithm,
               "'; available: rtn, gptq, awq, teq, w8a8");
-  TORCH_CHECK(config.algorithm == "rtn" || !config.calib_tensors.empty(), "quantize: --algo ", config.algorithm,
-              " needs calibration inputs: --calib-tensors FILE (safetensors holding input_ids [N, L])");
-  TORCH_CHECK(config.calib_tensors.empty() || fs::is_regular_file(config.calib_tensors),
-              "quantize: calibration file ", config.calib_tensors, " is not a readable file");
+  TORCH_CHECK(config.algorithm == "rtn" || !config.calib_tensors.empty() || !config.calib_text.empty(),
+              "quantize: --algo ", config.algorithm,
+              " needs calibration inputs: --calib-tensors FILE (safetensors holding input_ids [N, L]) or --calib "
+              "TEXT --tokenizer TOK");
+  TORCH_CHECK(config.calib_tensors.empty() || config.calib_text.empty(),
+              "quantize: give --calib-tensors or --calib, not both");
+  for (const std::string& file : {config.calib_tensors, config.calib_text, config.tokenizer_path}) {
+    TORCH_CHECK(file.empty() || fs::is_regular_file(file), "quantize: calibration file ", file,
+                " is not a readable file");
+  }
   TORCH_CHECK(config.nsamples >= 0, "quantize: --nsamples must be >= 0, got ", config.nsamples);
-  for (const std::string& input : {config.model_path, config.weights_path, config.calib_tensors}) {
+  for (const std::string& input :
+       {config.model_path, config.weights_path, config.calib_tensors, config.calib_text, config.tokenizer_path}) {
     if (input.empty()) continue;
     TORCH_CHECK(!same_file(config.out_path, input), "quantize: the output ", config.out_path,
                 " is an input file; write the quantized model to a new path");
@@ -304,7 +311,8 @@ std::string report_json(const QuantizeConfig& config, const QuantizeResult& resu
       {"spec", {{"dtype", config.spec.dtype}, {"group_size", config.spec.group_size}, {"sym", config.spec.sym}}},
       {"exclude", config.exclude},
       {"calibration",
-       {{"file", config.calib_tensors},
+       {{"file", config.calib_text.empty() ? config.calib_tensors : config.calib_text},
+        {"seqlen", config.calib_text.empty() ? json(nullptr) : json(config.seqlen)},
         {"samples", result.calibration_samples},
         {"blocks", result.blocks},
         {"block_count", result.block_count},

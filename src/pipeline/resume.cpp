@@ -44,6 +44,7 @@ json fingerprint_of(const QuantizeConfig& c) {
   return {{"model", file_identity(c.model_path)},
           {"weights", file_identity(c.weights_path)},
           {"calibration", file_identity(c.calib_tensors)},
+          {"calibration_text", {file_identity(c.calib_text), file_identity(c.tokenizer_path), c.seqlen}},
           {"algorithm", c.algorithm},
           {"spec", {c.spec.dtype, c.spec.group_size, c.spec.sym}},
           {"mse_search", c.mse_search},

@@ -50,7 +50,10 @@ struct QuantizeConfig {
   // Calibration (gptq, awq, teq, w8a8): block by block on cached activations (blocks.h).
   std::string blocks;             // qualified name of the module list of blocks; empty: detected
   std::string calib_tensors;      // safetensors file with "input_ids" [N, L] (or "inputs" [N, ...] for any model)
-  int64_t nsamples = 0;           // calibration rows used (0: all rows of the file)
+  std::string calib_text;         // or: a text file (blank-line separated paragraphs) tokenized with...
+  std::string tokenizer_path;     // ... this llama2.c tokenizer: BOS + each paragraph, concatenated, cut into
+  int64_t seqlen = 256;           //     windows of seqlen tokens, the first nsamples of them (default 64)
+  int64_t nsamples = 0;           // calibration rows used (0: all rows of the file; 64 windows of the text)
   bool layer_wise = true;         // false: every weight is loaded first (the in-memory reference mode)
   bool true_sequential = true;    // gptq: re-observe each group of linears after the previous ones are quantized
   GptqOptions gptq;
