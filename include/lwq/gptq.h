@@ -22,8 +22,10 @@
 //    static_groups: parameters of the natural groups are computed up front from the weight itself, and no g_idx
 //    is needed even with act_order. group_size -1: one group per output channel, from the weight itself.
 //  - every column is quantized with quantize_rows / dequantize_rows of qscheme.h, so any dtype works;
-//  - the result does not depend on the thread count (the Cholesky factorization is lwq's own, blocked on matmul
-//    and triangular solves, because LAPACK's threaded one is not reproducible across thread counts).
+//  - the result is reproducible for a given thread count (the Cholesky factorization is lwq's own, blocked on
+//    matmul and triangular solves, because LAPACK's threaded one is not reproducible even for one thread count);
+//    across thread counts the last bits may differ where OpenBLAS (AMD EPYC kernels) or ATen's reductions split
+//    sums by thread.
 //
 // Errors in the report: weight_mse = mean (W - Q)^2; output_mse = tr((W-Q) H (W-Q)^T) / (2 * out), the mean
 // squared output error per output feature and calibration row (exactly that for H = 2/n X^T X, undamped);
