@@ -46,6 +46,7 @@ const char* kUsage =
     "                       (default 64); activations of N x L tokens are cached per block\n"
     "  --blocks NAME        the module list whose children are the blocks (default: the longest one found;\n"
     "                       a model without one is calibrated as a single block)\n"
+    "  --offload-dir DIR    keep the cached block inputs (N x L x hidden floats) in files under DIR\n"
     "  --no-layer-wise      load every weight first (in-memory reference mode; same result, more memory)\n"
     "  --no-true-sequential gptq: observe all linears of a block once, on float inputs\n"
     "  --act-order          gptq: columns by decreasing Hessian diagonal (g_idx stored)\n"
@@ -123,6 +124,8 @@ int run_quantize(Args args) {
       if (config.nsamples < 1) throw UsageError("--nsamples must be at least 1");
     } else if (a == "--blocks") {
       config.blocks = args.value();
+    } else if (a == "--offload-dir") {
+      config.offload_dir = args.value();
     } else if (a == "--no-layer-wise") {
       config.layer_wise = false;
     } else if (a == "--no-true-sequential") {

@@ -7,7 +7,13 @@
 // A group is the set of linears that read one tensor (q/k/v, gate/up), found at run time by tensor identity.
 #include "blockwise.h"
 
+#include <torch/serialize.h>
+#include <unistd.h>
+
 #include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
 #include <iostream>
 #include <sstream>
 #include <unordered_map>
@@ -95,6 +101,55 @@ jit::Module submodule(jit::Module m, const std::string& name) {
   return m;
 }
 
+// The inputs of the next block, one Args per calibration sample. With --offload-dir the hidden states (the first
+// argument: the large one) live in files there and are read back one sample at a time.
+class ActivationCache {
+ public:
+  ActivationCache(std::vector<Args> args, const std::string& offload_dir) : args_(std::move(args)) {
+    if (offload_dir.empty()) return;
+    std::error_code ec;
+    dir_ = offload_dir + "/lwq-activations." + std::to_string(::getpid());
+    std::filesystem::create_directories(dir_, ec);
+    TORCH_CHECK(!ec, "quantize: cannot create the offload directory ", dir_, ": ", ec.message());
+    for (size_t s = 0; s < args_.size(); ++s) set_hidden(s, args_[s][0].toTensor());
+  }
+  ~ActivationCache() {
+    std::error_code ec;
+    if (!dir_.empty()) std::filesystem::remove_all(dir_, ec);
+  }
+  ActivationCache(const ActivationCache&) = delete;
+  ActivationCache& operator=(const ActivationCache&) = delete;
+
+  size_t size() const { return args_.size(); }
+  Args get(size_t s) const {
+    Args a = args_[s];
+    if (!dir_.empty()) {
+      std::ifstream in(path(s), std::ios::binary);
+      std::vector<char> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+      TORCH_CHECK(in.good() || in.eof(), "quantize: cannot read the offloaded activations ", path(s));
+      a[0] = torch::pickle_load(bytes);
+    }
+    return a;
+  }
+  void set_hidden(size_t s, const at::Tensor& h) {
+    if (dir_.empty()) {
+      args_[s][0] = h;
+      return;
+    }
+    const std::vector<char> bytes = torch::pickle_save(h);
+    std::ofstream out(path(s), std::ios::binary | std::ios::trunc);
+    out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+    out.close();
+    TORCH_CHECK(out, "quantize: cannot write the offloaded activations ", path(s), " (disk full?)");
+    args_[s][0] = at::Tensor();  // the file holds it
+  }
+
+ private:
+  std::string path(size_t s) const { return dir_ + "/" + std::to_string(s) + ".pt"; }
+  std::vector<Args> args_;
+  std::string dir_;
+};
+
 // One quantized linear of the block being processed.
 struct BlockLinear {
   model::LinearLayer layer;  // in the work clone, name relative to the block
@@ -139,7 +194,7 @@ class BlockRun {
 
   // Runs the float (or partly quantized) block on every sample, handing each observed linear input to `fn`
   // (linear index, x). Records the groups of linears reading one tensor on the first call.
-  void observe(const std::vector<Args>& args, const std::function<void(size_t, const at::Tensor&)>& fn) {
+  void observe(const ActivationCache& args, const std::function<void(size_t, const at::Tensor&)>& fn) {
     std::unordered_map<const c10::TensorImpl*, size_t> by_weight;
     for (size_t i = 0; i < linears_.size(); ++i) by_weight[linears_[i].weight().unsafeGetTensorImpl()] = i;
     const bool record = groups_.empty();
@@ -160,7 +215,7 @@ class BlockRun {
       fn(it->second, x);
     };
     const model::ObserveLinearInputs scope(callback);
-    for (const Args& a : args) work_.forward(a);
+    for (size_t s = 0; s < args.size(); ++s) work_.forward(args.get(s));
     if (record) {
       TORCH_CHECK(seen.size() == linears_.size(), "block '", block_, "': ", linears_.size() - seen.size(),
                   " of its linear layers were not called by its forward on the calibration inputs");
@@ -189,16 +244,16 @@ class BlockRun {
   }
 
   // The quantized block's outputs for every sample (the next block's inputs).
-  void run_quantized(std::vector<Args>& args, const std::map<std::string, model::PackedLinear>& packed) {
+  void run_quantized(ActivationCache& args, const std::map<std::string, model::PackedLinear>& packed) {
     jit::Module q = submodule(module_, block_).clone();
     q.eval();
     std::map<std::string, model::PackedLinear> relative;
     for (const auto& l : linears_) relative[l.layer.name] = packed.at(l.name);
     model::install_packed_linears(q, model::find_linear_layers(q), relative);
-    for (Args& a : args) {
-      const at::Tensor h = model::block_output(q.forward(a), blocks_);
+    for (size_t s = 0; s < args.size(); ++s) {
+      const at::Tensor h = model::block_output(q.forward(args.get(s)), blocks_);
       check_finite(h, "the output of block '" + block_ + "' (quantized) on the calibration inputs");
-      a[0] = h;
+      args.set_hidden(s, h);
     }
   }
 
@@ -228,7 +283,7 @@ QuantizedLayer layer_entry(const BlockLinear& l, const PackedWeightPtr& packed,
 
 // GPTQ: Hessians of every linear on the first pass; with true_sequential each later group is observed again
 // after the groups before it were quantized (their dequantized weights set in the clone).
-void run_gptq(const QuantizeConfig& config, BlockRun& run, const std::vector<Args>& args,
+void run_gptq(const QuantizeConfig& config, BlockRun& run, const ActivationCache& args,
               std::map<std::string, model::PackedLinear>& packed, QuantizeResult& result) {
   std::vector<std::unique_ptr<GptqHessian>> hessians(run.size());
   auto reset = [&](const std::vector<size_t>& which) {
@@ -269,7 +324,7 @@ void run_gptq(const QuantizeConfig& config, BlockRun& run, const std::vector<Arg
 }
 
 // AWQ, TEQ and W8A8: one observation pass keeping each group's inputs, then the groups from last to first.
-void run_scaled(const QuantizeConfig& config, BlockRun& run, const std::vector<Args>& args,
+void run_scaled(const QuantizeConfig& config, BlockRun& run, const ActivationCache& args,
                 std::map<std::string, model::PackedLinear>& packed, QuantizeResult& result) {
   std::vector<std::vector<at::Tensor>> inputs(run.size());
   run.observe(args, [&](size_t i, const at::Tensor& x) {
@@ -421,8 +476,8 @@ std::map<std::string, model::PackedLinear> quantize_blockwise(const QuantizeConf
   const model::BlockList blocks = model::find_blocks(module, config.blocks);
   result.blocks = blocks.list;
   result.block_count = static_cast<int64_t>(blocks.blocks.size());
-  std::vector<Args> args = calibration_inputs(config);
-  result.calibration_samples = static_cast<int64_t>(args.size());
+  std::vector<Args> samples = calibration_inputs(config);
+  result.calibration_samples = static_cast<int64_t>(samples.size());
 
   std::map<std::string, model::PackedLinear> packed;
   std::set<std::string> in_blocks;
@@ -468,14 +523,15 @@ std::map<std::string, model::PackedLinear> quantize_blockwise(const QuantizeConf
   if (state.done() == 0) {
     model::BlockInputCapture capture(module, blocks);
     const at::NoGradGuard no_grad;
-    for (Args& a : args) {
+    for (Args& a : samples) {
       a = capture(a);
       TORCH_CHECK(!a.empty() && a[0].isTensor(), "blocks: the first argument of '", blocks.blocks[0],
                   "' is not a tensor");
     }
   } else if (state.done() < n_blocks) {
-    args = state.load_activations();  // the inputs of the first block left to do
+    samples = state.load_activations();  // the inputs of the first block left to do
   }
+  ActivationCache args(std::move(samples), config.offload_dir);
   std::map<std::string, model::NamedTensorSlot> slots;
   for (auto& slot : model::parameter_slots(module)) slots.emplace(slot.name, slot);
 
@@ -511,7 +567,7 @@ std::map<std::string, model::PackedLinear> quantize_blockwise(const QuantizeConf
     unit.layers.assign(result.quantized.begin() + static_cast<long>(before), result.quantized.end());
     unit.folds.assign(result.folds.begin() + static_cast<long>(folds_before), result.folds.end());
     for (const auto& q : unit.layers) unit.packed[q.name] = packed.at(q.name);
-    state.save_unit(b, unit, last ? nullptr : &args);
+    state.save_unit(b, unit, last ? 0 : args.size(), [&args](size_t s) { return args.get(s); });
     if (spill) {
       for (const auto& q : unit.layers) packed[q.name].weight = spill->spill(packed[q.name].weight);
     }

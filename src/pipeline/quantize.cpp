@@ -221,7 +221,7 @@ QuantizeResult quantize_model(const QuantizeConfig& config) {
       UnitState unit;
       unit.packed[layer.name] = packed[layer.name];
       unit.layers.push_back(q);
-      state.save_unit(static_cast<int64_t>(i), unit, nullptr);
+      state.save_unit(static_cast<int64_t>(i), unit);
       sample_rss();
       result.quantized.push_back(std::move(q));
     }

@@ -119,6 +119,10 @@ std::vector<char> read_bytes(const std::string& path) {
 
 std::string unit_path(const std::string& dir, int64_t k) { return dir + "/unit-" + std::to_string(k) + ".pt"; }
 
+std::string activation_path(const std::string& dir, int64_t k, size_t sample) {
+  return dir + "/activations-" + std::to_string(k) + "-" + std::to_string(sample) + ".pt";
+}
+
 }  // namespace
 
 ResumeState::ResumeState(const QuantizeConfig& config, bool resume)
@@ -141,6 +145,7 @@ ResumeState::ResumeState(const QuantizeConfig& config, bool resume)
                   ", now ", it.value().dump(), "); run the same command, or delete the directory");
     }
     done_ = j.at("done").get<int64_t>();
+    samples_ = j.value("samples", size_t{0});
     return;
   }
   fs::remove_all(dir_, ec);
@@ -148,8 +153,7 @@ ResumeState::ResumeState(const QuantizeConfig& config, bool resume)
   TORCH_CHECK(!ec, "resume state: cannot create ", dir_, ": ", ec.message());
 }
 
-void ResumeState::save_unit(int64_t k, const UnitState& unit,
-                            const std::vector<std::vector<c10::IValue>>* activations) {
+void ResumeState::save_unit(int64_t k, const UnitState& unit, size_t samples, const ActivationSource& activation) {
   TORCH_INTERNAL_ASSERT(k == done_, "resume state: unit ", k, " saved after ", done_);
   c10::impl::GenericDict packed(c10::StringType::get(), c10::AnyType::get());
   for (const auto& entry : unit.packed) {
@@ -168,19 +172,21 @@ void ResumeState::save_unit(int64_t k, const UnitState& unit,
   for (const auto& f : unit.folds) report["folds"].push_back({{"layers", f.layers}, {"applied", f.applied}});
   write_bytes(unit_path(dir_, k),
               torch::pickle_save(c10::ivalue::Tuple::create({packed, params, report.dump()})));
-  if (activations) {
-    c10::impl::GenericList all(c10::AnyType::get());
-    for (const auto& args : *activations) {
-      c10::impl::GenericList one(c10::AnyType::get());
-      for (const auto& a : args) one.push_back(a);
-      all.push_back(one);
-    }
-    write_bytes(dir_ + "/activations.pt", torch::pickle_save(all));
+  for (size_t i = 0; i < samples; ++i) {
+    c10::impl::GenericList one(c10::AnyType::get());
+    for (const auto& a : activation(i)) one.push_back(a);
+    write_bytes(activation_path(dir_, k, i), torch::pickle_save(one));
   }
-  const json state = {{"fingerprint", json::parse(fingerprint_)}, {"done", k + 1}};
+  const json state = {{"fingerprint", json::parse(fingerprint_)}, {"done", k + 1}, {"samples", samples}};
   const std::string text = state.dump(2);
   write_bytes(dir_ + "/state.json", std::vector<char>(text.begin(), text.end()));
+  // The activations of the unit before are no longer needed.
+  std::error_code ec;
+  for (size_t i = 0; k > 0 && fs::exists(activation_path(dir_, k - 1, i), ec); ++i) {
+    fs::remove(activation_path(dir_, k - 1, i), ec);
+  }
   done_ = k + 1;
+  samples_ = samples;
   // For the kill-and-resume test: a real SIGKILL at a chosen point of the run.
   const char* kill_after = std::getenv("LWQ_TEST_KILL_AFTER_UNITS");
   if (kill_after && std::atoll(kill_after) == done_) std::raise(SIGKILL);
@@ -213,10 +219,10 @@ UnitState ResumeState::load_unit(int64_t k) const {
 }
 
 std::vector<std::vector<c10::IValue>> ResumeState::load_activations() const {
-  const c10::IValue v = torch::pickle_load(read_bytes(dir_ + "/activations.pt"));
   std::vector<std::vector<c10::IValue>> out;
-  for (const c10::IValue& args : v.toListRef()) {
-    const auto list = args.toListRef();
+  for (size_t i = 0; i < samples_; ++i) {
+    const c10::IValue v = torch::pickle_load(read_bytes(activation_path(dir_, done_ - 1, i)));
+    const auto list = v.toListRef();
     out.emplace_back(list.begin(), list.end());
   }
   return out;

@@ -3,7 +3,8 @@
 // for RTN) and gives the same bytes as an uninterrupted run.
 //
 // Layout: unit-<k>.pt (packed weights, input scales, activation parameters and float parameters set by unit k,
-// plus its report entries), activations.pt (the next block's inputs after the last unit, calibrated runs only) and
+// plus its report entries), activations-<k>-<s>.pt (the next block's inputs after unit k, one file per calibration
+// sample, calibrated runs only) and
 // state.json ({"fingerprint": {...}, "done": k}), each written atomically, state.json last: a kill between the
 // files leaves a state that still points at complete files. The environment variable LWQ_TEST_KILL_AFTER_UNITS=k
 // makes the process SIGKILL itself right after unit k-1 is recorded (the kill-and-resume test uses it).
@@ -11,6 +12,7 @@
 
 #include <torch/script.h>
 
+#include <functional>
 #include <map>
 #include <string>
 #include <vector>
@@ -43,14 +45,17 @@ class ResumeState {
   int64_t done() const { return done_; }  // units finished by earlier runs
   UnitState load_unit(int64_t k) const;
   std::vector<std::vector<c10::IValue>> load_activations() const;
-  // Records unit k (== done()) and, for calibrated runs, the activations after it.
-  void save_unit(int64_t k, const UnitState& unit, const std::vector<std::vector<c10::IValue>>* activations);
+  // Records unit k (== done()) and, for calibrated runs, the activations after it: `samples` of them, given one
+  // at a time by `activation(s)` (so an offloaded cache is never held whole).
+  using ActivationSource = std::function<std::vector<c10::IValue>(size_t)>;
+  void save_unit(int64_t k, const UnitState& unit, size_t samples = 0, const ActivationSource& activation = {});
   void finish();  // the output is written: the state is no longer needed
 
  private:
   std::string dir_;
   std::string fingerprint_;  // JSON text
   int64_t done_ = 0;
+  size_t samples_ = 0;  // activation files of the last unit
 };
 
 }  // namespace pipeline

@@ -233,3 +233,12 @@ def test_bad_config_is_named(models, calibrated, tmp_path):
         path.write_text(text)
         fails(lwq(*base, path), needle)
     assert not (tmp_path / "q.pt").exists()
+
+
+def test_offloaded_activations_give_the_same_bytes(models, calibrated, tmp_path):
+    quantize(models, calibrated, tmp_path / "memory.pt", "awq", "--group-size", "32")
+    offload = tmp_path / "offload"
+    offload.mkdir()
+    quantize(models, calibrated, tmp_path / "disk.pt", "awq", "--group-size", "32", "--offload-dir", offload)
+    assert (tmp_path / "memory.pt").read_bytes() == (tmp_path / "disk.pt").read_bytes()
+    assert list(offload.iterdir()) == []  # its files are removed at the end

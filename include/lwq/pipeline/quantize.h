@@ -55,6 +55,7 @@ struct QuantizeConfig {
   int64_t seqlen = 256;           //     windows of seqlen tokens, the first nsamples of them (default 64)
   int64_t nsamples = 0;           // calibration rows used (0: all rows of the file; 64 windows of the text)
   bool layer_wise = true;         // false: every weight is loaded first (the in-memory reference mode)
+  std::string offload_dir;        // when set, the cached block inputs live in files there, not in memory
   bool true_sequential = true;    // gptq: re-observe each group of linears after the previous ones are quantized
   GptqOptions gptq;
   AwqOptions awq;                 // .spec is ignored (spec above)
