@@ -1,15 +1,10 @@
 #!/usr/bin/env bash
-# The lwq demo in one command: set up the Debian packages (when the setup script is present), build into build/,
-# then quantize the real stories260K Llama in several formats and print quality, size and speed against fp32
-# (scripts/demo.py; its options pass through, e.g. --segments 600 or --data DIR).
+# The lwq demo in one command: set up the Debian packages, build the tool and the operator library into build/
+# ($LWQ_BUILD_DIR if set), then quantize a Llama with trained weights using the tool and print the table
+# (scripts/demo.py; its options pass through: --no-shared-data forces the model trained here, --help lists them).
 set -euo pipefail
+cd "$(dirname "$0")/.."
 
-repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-cd "$repo"
-
-if [ -f scripts/setup.sh ]; then
-  bash scripts/setup.sh
-fi
-cmake -S . -B build -DCMAKE_BUILD_TYPE=Release
-cmake --build build -j"$(nproc)"
+bash scripts/setup.sh
+bash scripts/build.sh lwq_cli lwq_ops
 exec /usr/bin/python3 scripts/demo.py "$@"

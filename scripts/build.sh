@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Configures and builds lwq (Release) into build/, or into $LWQ_BUILD_DIR when set. Arguments are the targets to
+# build (default: all), e.g. `scripts/build.sh lwq_cli lwq_ops` for the tool and the operator library only.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+build_dir="${LWQ_BUILD_DIR:-build}"
+targets=()
+for t in "$@"; do targets+=(--target "$t"); done
+
+cmake -S . -B "$build_dir" -DCMAKE_BUILD_TYPE=Release
+cmake --build "$build_dir" -j"$(nproc)" "${targets[@]}"
