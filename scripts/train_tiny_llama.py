@@ -19,7 +19,7 @@ the training tokens are produced by that very encoder, so training and lwq eval 
 Training: seeded init and batches, AdamW with warmup and cosine decay, windows of --seq-len tokens (the model's
 context) starting at a passage's BOS in the stream BOS passage BOS passage ..., a fixed number of steps (so the
 result does not depend on the machine's speed). The held-out NLL is computed as `lwq eval` does it (BOS + passage,
-each scored on its own), before and after training.
+each scored on its own), before and after training. One thread by default (--threads).
 
 Writes into --out:
   model.bin      llama2.c legacy checkpoint (positive vocab size: the classifier is the token embedding)
@@ -241,7 +241,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--lr", type=float, default=4e-3, help="peak learning rate (default 4e-3)")
     p.add_argument("--vocab-size", type=int, default=512, help="tokenizer pieces (default 512, as stories260K)")
     p.add_argument("--seed", type=int, default=0, help="seed of init and batches (default 0)")
-    p.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    # One thread by default: a step is many small ops at dim 64, where a second thread gains little, and on a shared
+    # 2-core machine 2 threads measured 1.2x to 6x slower per step than 1 (OpenMP threads waiting on each other).
+    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     p.add_argument("--licenses", default=LICENSES_DIR, help=f"text directory (default {LICENSES_DIR})")
     p.add_argument("--reuse", action="store_true", help="do nothing when --out already holds a model trained by this "
                    "script (same source) with the same settings on the same text")
