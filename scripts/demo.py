@@ -27,7 +27,7 @@ import sys
 import textwrap
 import time
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -149,14 +149,15 @@ class Tool:
                     "--threads", self.threads, "--json"], "lwq eval")
         return json.loads(proc.stdout)
 
-    def decode_speed(self, model: List[str], m: DemoModel, steps: int) -> float:
-        """Decode tokens/s of one greedy run of `steps` positions from BOS (from lwq generate's statistics)."""
+    def decode_speed(self, model: List[str], m: DemoModel, steps: int) -> Tuple[float, int]:
+        """Decode tokens/s and the number of one-token forwards of a greedy run of up to `steps` positions from BOS
+        (from lwq generate's statistics; a run ends early if the model emits BOS)."""
         proc = run([self.exe, "generate", *model, "--tokenizer", m.tokenizer, "--steps", str(steps),
                     "--no-stop-at-eos", "--threads", self.threads], "lwq generate")
-        found = re.search(r"decode ([0-9.eE+-]+) tokens/s", proc.stderr)
+        found = re.search(r"decode ([0-9.eE+-]+) tokens/s \((\d+) one-token forwards", proc.stderr)
         if not found:
             sys.exit(f"demo: no decode rate in lwq generate's statistics: {proc.stderr.strip()}")
-        return float(found.group(1))
+        return float(found.group(1)), int(found.group(2))
 
     def generate(self, model: List[str], m: DemoModel, steps: int) -> str:
         return run([self.exe, "generate", *model, "--tokenizer", m.tokenizer, "--prompt", m.prompt, "--steps",
@@ -268,10 +269,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     # Rounds over all models, best per model: a busy phase of the machine then slows every model alike.
     for _ in range(SPEED_ROUNDS):
         for r in rows:
-            r["tps"] = max(r["tps"], tool.decode_speed(r["model"], m, decode_steps))
+            tps, r["forwards"] = tool.decode_speed(r["model"], m, decode_steps)
+            r["tps"] = max(r["tps"], tps)
 
     print()
     print(format_table(rows))
+    counts = {r["forwards"] for r in rows}  # differ only if a model emits BOS early
+    runs = (f"{counts.pop()} per run" if len(counts) == 1
+            else "per run: " + ", ".join(f"{r['label']} {r['forwards']}" for r in rows))
     notes = [
         "archive bytes: what runs (fp32: model.pt + model.safetensors; quantized: the .pt lwq quantize wrote, with the "
         "embedding and the head in fp32)",
@@ -279,7 +284,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         f"NLL: over {fp32_eval['tokens']:,} predicted tokens in {fp32_eval['segments']} {m.eval_unit}, each "
         "scored on its own with BOS first",
         "quant s: lwq quantize's own time (its report's totals.seconds)",
-        "tok/s: at dim 64 a decode step is per-call overhead rather than kernel time (bench/ measures the kernels)",
+        f"tok/s: one-token forwards per second ({runs}); at dim 64 a decode step is per-call overhead rather than "
+        "kernel time (bench/ measures the kernels)",
     ]
     for note in notes:
         print(textwrap.fill(note, 115, subsequent_indent="  "))

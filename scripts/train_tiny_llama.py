@@ -16,9 +16,11 @@ scores falling in the order they were learned. The encoder (a dummy-prefix space
 adjacent pair whose concatenation is the best-scoring piece") is the one in llama2c.py / src/text/tokenizer.cpp;
 the training tokens are produced by that very encoder, so training and lwq eval see the same ids.
 
-Training: seeded init and batches, AdamW with warmup and cosine decay, windows of --seq-len tokens (the model's
-context) starting at a passage's BOS in the stream BOS passage BOS passage ..., a fixed number of steps (so the
-result does not depend on the machine's speed). The held-out NLL is computed as `lwq eval` does it (BOS + passage,
+Training: seeded init and batches, AdamW with warmup and cosine decay, a fixed number of steps (so the result does
+not depend on the machine's speed). A window is BOS followed by the token stream of the passages (each encoded on
+its own, so each starts with its dummy-prefix space) from a random passage on, --seq-len tokens in all (the model's
+context). BOS only ever starts a window: the model never learns to predict it, so greedy text does not stop at it
+(lwq generate, like llama2.c's run.c, ends at BOS) and the demo's decode runs measure full-length runs. The held-out NLL is computed as `lwq eval` does it (BOS + passage,
 each scored on its own), before and after training. One thread by default (--threads).
 
 Writes into --out:
@@ -203,9 +205,10 @@ def write_llama2c(path: str, model: lwq_llama.LlamaModel, cfg: lwq_llama.LlamaCo
 
 def batch_windows(stream: torch.Tensor, starts: torch.Tensor, batch: int, seq_len: int,
                   gen: torch.Generator) -> torch.Tensor:
-    """[batch, seq_len + 1] token windows of the stream, each starting at a randomly drawn paragraph start."""
+    """[batch, seq_len + 1] windows: BOS, then seq_len tokens of the stream from a randomly drawn passage start."""
     pick = starts[torch.randint(len(starts), (batch,), generator=gen)]
-    return torch.stack([stream[s:s + seq_len + 1] for s in pick.tolist()])
+    bos = torch.full((1,), llama2c.BOS, dtype=torch.long)
+    return torch.stack([torch.cat((bos, stream[s:s + seq_len])) for s in pick.tolist()])
 
 
 def lr_at(step: int, steps: int, peak: float, warmup: int) -> float:
@@ -280,14 +283,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     write_paragraphs(os.path.join(args.out, "heldout.txt"), heldout)
     write_paragraphs(os.path.join(args.out, "calib.txt"), calib)
 
-    # One stream: BOS + paragraph, BOS + paragraph, ...; windows start at a BOS that leaves a full window.
+    # The passages' tokens one after the other; a window starts at a passage start that leaves a full window.
     ids: List[int] = []
     starts: List[int] = []
     for para in train:
         starts.append(len(ids))
-        ids += tokenizer.encode(para, bos=True)
+        ids += tokenizer.encode(para)
     stream = torch.tensor(ids, dtype=torch.long)
-    starts_t = torch.tensor([s for s in starts if s + args.seq_len + 1 <= len(ids)], dtype=torch.long)
+    starts_t = torch.tensor([s for s in starts if s + args.seq_len <= len(ids)], dtype=torch.long)
     n_bytes = sum(len(p.encode()) for p in train)
     log(f"text: {len(train)} training passages ({n_bytes:,} bytes, {len(ids):,} tokens, "
         f"{n_bytes / len(ids):.2f} bytes/token), {len(heldout)} held-out passages ({', '.join(HELD_OUT_FILES)}); "
