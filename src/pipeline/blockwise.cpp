@@ -7,6 +7,7 @@
 // A group is the set of linears that read one tensor (q/k/v, gate/up), found at run time by tensor identity.
 #include "blockwise.h"
 
+#include <malloc.h>
 #include <torch/serialize.h>
 #include <unistd.h>
 
@@ -552,6 +553,9 @@ std::map<std::string, model::PackedLinear> quantize_blockwise(const QuantizeConf
       result.folds.insert(result.folds.end(), unit.folds.begin(), unit.folds.end());
       continue;
     }
+    // The previous block's temporaries below glibc's mmap threshold would otherwise stay resident between the
+    // packed weights that remain (as in the RTN loop of quantize.cpp).
+    malloc_trim(0);
     const auto start = std::chrono::steady_clock::now();
     BlockRun run(config, module, blocks, static_cast<size_t>(b), source, target_names, filled);
     const size_t before = result.quantized.size(), folds_before = result.folds.size();

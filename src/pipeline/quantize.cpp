@@ -83,6 +83,30 @@ void check_config(const QuantizeConfig& config) {
               "quantize: group size must be -1 (per output channel) or positive, got ", config.spec.group_size);
 }
 
+// The archive writer's output file. It reads every packed weight once; with spilled weights, their pages would
+// stay mapped into this process until the end and the RSS would grow by the whole packed model (docs/benchmarks.md):
+// every kDropEvery bytes written, the spilled pages read so far are dropped from the process.
+class SaveBuffer : public std::filebuf {
+ public:
+  explicit SaveBuffer(io::PackedSpill* spill) : spill_(spill) {}
+
+ protected:
+  std::streamsize xsputn(const char* s, std::streamsize n) override {
+    const std::streamsize wrote = std::filebuf::xsputn(s, n);
+    since_drop_ += wrote;
+    if (spill_ && since_drop_ >= kDropEvery) {
+      spill_->drop_resident();
+      since_drop_ = 0;
+    }
+    return wrote;
+  }
+
+ private:
+  static constexpr std::streamsize kDropEvery = 64 << 20;
+  io::PackedSpill* spill_;
+  std::streamsize since_drop_ = 0;
+};
+
 }  // namespace
 
 int64_t proc_status_bytes(const std::string& field) {
@@ -263,11 +287,15 @@ QuantizeResult quantize_model(const QuantizeConfig& config) {
   // Saved through a stream: the archive's inner folder name is then fixed ("archive"), not the temporary file's
   // name, so the same inputs give the same bytes.
   io::atomic_write(config.out_path, [&](const std::string& tmp) {
-    std::ofstream out(tmp, std::ios::binary);
+    SaveBuffer buffer(spill.get());
+    TORCH_CHECK(buffer.open(tmp, std::ios::out | std::ios::binary | std::ios::trunc), "quantize: cannot create ",
+                tmp);
+    std::ostream out(&buffer);
     module.save(out);
-    out.close();
-    TORCH_CHECK(out, "quantize: cannot write ", tmp);
+    out.flush();
+    TORCH_CHECK(out && buffer.close(), "quantize: cannot write ", tmp);
   });
+  if (spill) spill->drop_resident();
   state.finish();
   sample_rss();
   if (spill) result.spilled_bytes = spill->bytes();

@@ -1,7 +1,7 @@
-// Packed weights moved out of the heap: their codes are written to an unlinked file next to the output and
-// memory-mapped back (private, read-only use), so a run's anonymous memory holds about one block of float weights
-// whatever the size of the model. The kernel reads the codes from the page cache; mapped pages are clean and can
-// be dropped under memory pressure. The file disappears when the last packed weight using it is freed.
+// Packed weights moved out of the heap: their codes, scales and zero points are written to an unlinked file next
+// to the output and memory-mapped back (private, read-only), so a run's anonymous memory holds about one block of
+// float weights whatever the size of the model. The kernels read them from the page cache; mapped pages are clean
+// and can be dropped at any time (drop_resident). The file disappears when the last packed weight using it is freed.
 #pragma once
 
 #include <memory>
@@ -20,14 +20,23 @@ class PackedSpill {
   PackedSpill(const PackedSpill&) = delete;
   PackedSpill& operator=(const PackedSpill&) = delete;
 
-  // An equal PackedWeight whose codes live in the spill file (the argument is not modified).
+  // An equal PackedWeight whose tensors live in the spill file (the argument is not modified). Its pages are not
+  // left resident.
   PackedWeightPtr spill(const PackedWeightPtr& w);
+  // Unmaps from this process every spilled page read so far (they stay in the page cache): a reader of all the
+  // packed weights, such as the archive writer, calls this as it goes so that they never add up in its RSS.
+  void drop_resident();
   int64_t bytes() const { return size_; }
 
+  struct Mappings;  // live mappings, shared with the tensors' deleters
+
  private:
+  at::Tensor spill_tensor(const at::Tensor& t);
+
   std::string path_;  // for messages
   int fd_ = -1;
   int64_t size_ = 0;
+  std::shared_ptr<Mappings> mappings_;
 };
 
 }  // namespace io
