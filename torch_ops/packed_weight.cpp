@@ -1,10 +1,16 @@
 #include "packed_weight.h"
 
+#include <ATen/Parallel.h>
+
+#include <algorithm>
 #include <sstream>
 
 namespace lwq {
 
 namespace {
+
+// Rows packed per step (a multiple of the tile height).
+constexpr int64_t kPackRows = 32 * kernels::kTileN;
 
 // Offset that turns a logical q into a stored code: signed int sym values are biased by 2^(bits-1).
 int64_t code_offset(const DtypeInfo& info, bool sym) { return info.is_int() && sym ? kernels::sym_zero(info.bits) : 0; }
@@ -49,7 +55,6 @@ c10::intrusive_ptr<PackedWeight> PackedWeight::pack(const at::Tensor& q, const a
     check_range(*zeros, 0, info.qmax(false), "zeros");
     w->zeros_ = zeros->to(at::kByte).t().contiguous();
   }
-  at::Tensor codes = (q.to(at::kLong) + code_offset(info, sym)).to(at::kByte);
   if (g_idx && g_idx->defined()) {
     TORCH_CHECK(g_idx->dim() == 1 && g_idx->size(0) == k, "g_idx must have shape [", k, "], got ", g_idx->sizes());
     check_int_tensor(*g_idx, "g_idx");
@@ -57,10 +62,21 @@ c10::intrusive_ptr<PackedWeight> PackedWeight::pack(const at::Tensor& q, const a
     w->g_idx_ = g_idx->to(at::kInt).contiguous();
   }
   w->finish_init();
-  if (w->perm_.defined()) codes = codes.index_select(1, w->perm_);
-  codes = codes.contiguous();
+  // Row blocks of whole tiles: each block's packed bytes are one contiguous run of the layout, and the
+  // temporaries stay a few MiB whatever the layer's size.
   w->qweight_ = at::empty({kernels::packed_bytes(n, k, info.bits)}, at::kByte);
-  kernels::pack_codes(codes.data_ptr<uint8_t>(), n, k, info.bits, w->qweight_.data_ptr<uint8_t>());
+  const int64_t offset = code_offset(info, sym);
+  const int64_t tile_bytes = kernels::packed_bytes(kernels::kTileN, k, info.bits);
+  at::parallel_for(0, (n + kPackRows - 1) / kPackRows, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t r0 = b0 * kPackRows; r0 < std::min(n, b1 * kPackRows); r0 += kPackRows) {
+      const int64_t rows = std::min(kPackRows, n - r0);
+      at::Tensor codes = (q.narrow(0, r0, rows).to(at::kInt) + offset).to(at::kByte);
+      if (w->perm_.defined()) codes = codes.index_select(1, w->perm_);
+      codes = codes.contiguous();
+      kernels::pack_codes(codes.data_ptr<uint8_t>(), rows, k, info.bits,
+                          w->qweight_.data_ptr<uint8_t>() + r0 / kernels::kTileN * tile_bytes);
+    }
+  });
   return w;
 }
 
@@ -124,12 +140,16 @@ void PackedWeight::finish_init() {
   const int64_t n_pad = kernels::padded_rows(n_);
   const int64_t k_pad = kernels::padded_cols(k_, info_->bits);
   const int64_t g = effective_group_size(group_size_, k_);
-  scales_pad_ = at::zeros({n_groups_, n_pad}, at::kFloat);
-  scales_pad_.narrow(1, 0, n_).copy_(scales_);
-  if (zeros_.defined()) {
-    zeros_pad_ = at::zeros({n_groups_, n_pad}, at::kByte);
-    zeros_pad_.narrow(1, 0, n_).copy_(zeros_);
-  }
+  // The kernels read [n_groups, N_pad]; without padding rows that is the serialized tensor itself (no copy, so
+  // a spilled weight keeps its scales in the spill file).
+  auto padded = [&](const at::Tensor& t) {
+    if (n_pad == n_) return t;
+    at::Tensor p = at::zeros({n_groups_, n_pad}, t.options());
+    p.narrow(1, 0, n_).copy_(t);
+    return p;
+  };
+  scales_pad_ = padded(scales_);
+  if (zeros_.defined()) zeros_pad_ = padded(zeros_);
   at::Tensor groups;  // group of each internal column
   if (g_idx_.defined()) {
     // Internal order sorts columns by group (stable), so each group is one contiguous run for the kernels.
@@ -143,27 +163,51 @@ void PackedWeight::finish_init() {
   col_group_ = at::cat({groups, groups[k_ - 1].expand({k_pad - k_})}).to(at::kInt).contiguous();
 }
 
-std::tuple<at::Tensor, at::Tensor, c10::optional<at::Tensor>, c10::optional<at::Tensor>> PackedWeight::unpack() const {
-  at::Tensor codes = at::empty({n_, k_}, at::kByte);
-  kernels::unpack_codes(qweight_.data_ptr<uint8_t>(), n_, k_, info_->bits, codes.data_ptr<uint8_t>());
+at::Tensor PackedWeight::q_rows(int64_t row_begin, int64_t row_end) const {
+  TORCH_CHECK(row_begin >= 0 && row_begin <= row_end && row_end <= n_ && row_begin % kernels::kTileN == 0,
+              "PackedWeight: row range [", row_begin, ", ", row_end, ") must lie in [0, ", n_,
+              "] and start at a multiple of ", kernels::kTileN);
+  const int64_t rows = row_end - row_begin;
+  at::Tensor codes = at::empty({rows, k_}, at::kByte);
+  const int64_t tile_bytes = kernels::packed_bytes(kernels::kTileN, k_, info_->bits);
+  kernels::unpack_codes(qweight_.data_ptr<uint8_t>() + row_begin / kernels::kTileN * tile_bytes, rows, k_,
+                        info_->bits, codes.data_ptr<uint8_t>());
   at::Tensor q = codes.to(at::kInt) - static_cast<int32_t>(code_offset(*info_, sym_));
   if (perm_.defined()) q = at::empty_like(q).index_copy_(1, perm_, q);  // back to the original column order
+  return q;
+}
+
+std::tuple<at::Tensor, at::Tensor, c10::optional<at::Tensor>, c10::optional<at::Tensor>> PackedWeight::unpack() const {
   c10::optional<at::Tensor> zeros, g_idx;
   if (zeros_.defined()) zeros = zeros_.t().to(at::kInt).contiguous();
   if (g_idx_.defined()) g_idx = g_idx_.clone();
-  return {q, scales_.t().contiguous(), zeros, g_idx};
+  return {q_rows(0, n_), scales_.t().contiguous(), zeros, g_idx};
 }
 
-at::Tensor PackedWeight::dequantize() const {
-  auto parts = unpack();
-  const at::Tensor& q = std::get<0>(parts);
+at::Tensor PackedWeight::dequantize(int64_t row_begin, int64_t row_end) const {
+  const at::Tensor q = q_rows(row_begin, row_end);
+  const int64_t rows = row_end - row_begin;
   const at::Tensor col_group = g_idx_.defined() ? g_idx_.to(at::kLong)
                                                 : at::arange(k_, at::kLong).div(group_size_ == -1 ? k_ : group_size_,
                                                                                 "floor");
   // One row per weight element, with its own scale (and zero): the same arithmetic as the kernels' reference.
-  const at::Tensor s = std::get<1>(parts).index_select(1, col_group).reshape({-1});
-  const at::Tensor z = std::get<2>(parts) ? std::get<2>(parts)->index_select(1, col_group).reshape({-1}) : at::Tensor();
-  return dequantize_rows(q.reshape({-1, 1}), s, z, *info_, sym_).view({n_, k_});
+  const at::Tensor s = scales_.narrow(1, row_begin, rows).t().index_select(1, col_group).reshape({-1});
+  const at::Tensor z = zeros_.defined()
+                           ? zeros_.narrow(1, row_begin, rows).t().to(at::kInt).index_select(1, col_group).reshape({-1})
+                           : at::Tensor();
+  return dequantize_rows(q.reshape({-1, 1}), s, z, *info_, sym_).view({rows, k_});
+}
+
+at::Tensor PackedWeight::dequantize() const {
+  // In row blocks, so that the temporaries (several times the block in int32 and fp32) stay small.
+  at::Tensor out = at::empty({n_, k_}, at::kFloat);
+  at::parallel_for(0, (n_ + kPackRows - 1) / kPackRows, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t r0 = b0 * kPackRows; r0 < std::min(n_, b1 * kPackRows); r0 += kPackRows) {
+      const int64_t rows = std::min(kPackRows, n_ - r0);
+      out.narrow(0, r0, rows).copy_(dequantize(r0, r0 + rows));
+    }
+  });
+  return out;
 }
 
 PackedWeight::State PackedWeight::state() const {

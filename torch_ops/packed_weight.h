@@ -32,6 +32,8 @@ class PackedWeight : public torch::CustomClassHolder {
   // scales fp32 [out, n_groups], zeros int32 [out, n_groups] (asym only), g_idx int32 [in] (act-order only).
   std::tuple<at::Tensor, at::Tensor, c10::optional<at::Tensor>, c10::optional<at::Tensor>> unpack() const;
   at::Tensor dequantize() const;  // fp32 [out, in]
+  // Rows [row_begin, row_end) only (row_begin a multiple of kernels::kTileN): fp32 [rows, in], the same values.
+  at::Tensor dequantize(int64_t row_begin, int64_t row_end) const;
   State state() const;
 
   const DtypeInfo& info() const { return *info_; }
@@ -56,6 +58,7 @@ class PackedWeight : public torch::CustomClassHolder {
   explicit PackedWeight(Private) {}
 
  private:
+  at::Tensor q_rows(int64_t row_begin, int64_t row_end) const;  // logical q of those rows, original column order
   void set_geometry(const DtypeInfo& info, int64_t n, int64_t k, int64_t group_size, bool sym);
   void finish_init();  // derives perm_, col_group_, padded scales/zeros
 

@@ -1,5 +1,6 @@
 // `lwq quantize`: parse options into a QuantizeConfig, run the pipeline, print a summary.
 #include <ATen/Parallel.h>
+#include <malloc.h>
 
 #include <iostream>
 #include <string>
@@ -179,6 +180,12 @@ int run_quantize(Args args) {
     config.exclude.clear();
   }
   if (threads > 0) at::set_num_threads(static_cast<int>(threads));
+  // Allocator policy of this process: quantization makes many short-lived temporaries of a few MiB per layer.
+  // glibc's defaults hand them back to the kernel as soon as they are freed, and every reuse then page-faults
+  // (measured: 2.7-4.2 s against 1.3-2.0 s for an 11008 x 4096 int4 layer). Keep them in the heap instead: the
+  // pipeline calls malloc_trim after each layer and block, so memory is still returned between layers.
+  mallopt(M_MMAP_THRESHOLD, 64 << 20);
+  mallopt(M_TRIM_THRESHOLD, 1 << 30);
 
   const lwq::pipeline::QuantizeResult result = lwq::pipeline::quantize_model(config);
   if (!config.quiet) {

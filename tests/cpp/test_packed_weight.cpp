@@ -26,6 +26,40 @@ TEST(PackedFormat, PackUnpackCodesRoundTripAllWidths) {
       at::Tensor back = at::empty({n, k}, at::kByte);
       kernels::unpack_codes(packed.data(), n, k, bits, back.data_ptr<uint8_t>());
       EXPECT_TRUE(back.equal(codes)) << "bits " << bits << " shape " << n << "x" << k;
+      // code_at (the reference kernels' reader) finds every field where pack_codes put it.
+      int64_t mismatches = 0;
+      for (int64_t r = 0; r < n; ++r)
+        for (int64_t c = 0; c < k; ++c)
+          mismatches += kernels::code_at(packed.data(), k, bits, r, c) != codes[r][c].item<uint8_t>();
+      EXPECT_EQ(mismatches, 0) << "bits " << bits << " shape " << n << "x" << k;
+    }
+  }
+}
+
+// Large layers are quantized, packed and dequantized in row blocks: the result must not depend on the blocking
+// (row counts that cross the block sizes with a ragged last tile).
+TEST(PackedWeight, RowBlockedQuantizePackDequantizeEqualWhole) {
+  at::manual_seed(71);
+  for (const auto& dt : std::vector<std::string>{"int4", "int3", "int8", "nf4"}) {
+    for (bool sym : {true, false}) {
+      if (!sym && !asym_ok(dt)) continue;
+      const int64_t n = 301, k = 5000, gs = 128;  // quantize_weight: 209-row blocks; pack: 256-row blocks
+      const at::Tensor w = at::randn({n, k});
+      const DtypeInfo& info = dtype_info(dt);
+      const GroupwiseQ gq = quantize_groupwise(w, info, sym, gs);
+      auto whole = PackedWeight::pack(gq.q, gq.scales, sym ? c10::nullopt : c10::optional<at::Tensor>(gq.zeros), dt,
+                                      gs, c10::nullopt);
+      auto blocked = quantize_weight(w, dt, gs, sym);
+      EXPECT_TRUE(blocked->qweight().equal(whole->qweight())) << dt << " sym " << sym;
+      const at::Tensor deq = blocked->dequantize();
+      EXPECT_TRUE(deq.equal(dequantize_groupwise(gq, info, sym, gs))) << dt << " sym " << sym;
+      for (auto range : std::vector<std::pair<int64_t, int64_t>>{{0, 8}, {8, 301}, {296, 301}, {0, 301}, {64, 64}}) {
+        EXPECT_TRUE(blocked->dequantize(range.first, range.second)
+                        .equal(deq.narrow(0, range.first, range.second - range.first)))
+            << dt << " rows " << range.first << ".." << range.second;
+      }
+      expect_error([&] { blocked->dequantize(3, 10); }, "multiple of 8");
+      expect_error([&] { blocked->dequantize(0, 302); }, "must lie in");
     }
   }
 }
@@ -60,7 +94,9 @@ TEST(PackedWeight, PackUnpackRoundTripEveryDtype) {
         EXPECT_TRUE(std::get<0>(parts).equal(q)) << dt << " sym " << sym << " g " << gs;
         EXPECT_TRUE(std::get<1>(parts).equal(s));
         EXPECT_EQ(std::get<2>(parts).has_value(), !sym);
-        if (!sym) EXPECT_TRUE(std::get<2>(parts)->equal(*z));
+        if (!sym) {
+          EXPECT_TRUE(std::get<2>(parts)->equal(*z));
+        }
       }
     }
   }
