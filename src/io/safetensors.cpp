@@ -213,20 +213,47 @@ at::Tensor SafetensorsFile::load_raw(const std::string& name) const {
     const bool valid = std::all_of(src, src + nbytes, [](uint8_t b) { return b <= 1; });
     TORCH_CHECK(valid, "safetensors file ", path_, ": tensor '", name, "' is BOOL but holds bytes other than 0 and 1");
   }
-  at::Tensor out = at::empty(ti.shape, at::TensorOptions().dtype(desc->type));
+  at::Tensor out = copy_out(ti, desc->type, desc->type);
   TORCH_INTERNAL_ASSERT(out.nbytes() == nbytes);
-  if (nbytes > 0) std::memcpy(out.data_ptr(), src, nbytes);
-  release(ti);
   return out;
+}
+
+void SafetensorsFile::release(const uint8_t* first, const uint8_t* last) const {
+  const uintptr_t page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
+  const uintptr_t begin = (reinterpret_cast<uintptr_t>(first) + page - 1) / page * page;
+  const uintptr_t end = reinterpret_cast<uintptr_t>(last) / page * page;
+  if (end > begin) ::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED);
 }
 
 void SafetensorsFile::release(const TensorInfo& ti) const {
   // The copy is made: the mapped pages of this tensor leave the process's resident set (they stay in the page
   // cache). Without this a layer-wise run over a model larger than RAM would hold every page it ever read.
-  const uintptr_t page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
-  const uintptr_t begin = (reinterpret_cast<uintptr_t>(data_ + ti.begin) + page - 1) / page * page;
-  const uintptr_t end = reinterpret_cast<uintptr_t>(data_ + ti.end) / page * page;
-  if (end > begin) ::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED);
+  release(data_ + ti.begin, data_ + ti.end);
+}
+
+at::Tensor SafetensorsFile::copy_out(const TensorInfo& ti, at::ScalarType stored, at::ScalarType to) const {
+  // Slices of 64 MiB: a 500 MB embedding would otherwise be resident twice (mapped source and copy) at its end.
+  constexpr int64_t kSliceBytes = int64_t{64} << 20;
+  const int64_t elem = static_cast<int64_t>(c10::elementSize(stored));
+  at::Tensor out = at::empty(ti.shape, at::TensorOptions().dtype(to));
+  const at::Tensor flat = out.view({-1});
+  const int64_t n = flat.numel(), step = std::max<int64_t>(1, kSliceBytes / elem);
+  const uint8_t* src = data_ + ti.begin;
+  // Converting reads the source as `stored` elements in place, which needs aligned data; else bytes are copied.
+  const bool in_place = stored == to || reinterpret_cast<uintptr_t>(src) % elem == 0;
+  TORCH_INTERNAL_ASSERT(in_place, "copy_out: unaligned ", ti.dtype, " data needs stored == to");
+  for (int64_t e0 = 0; e0 < n; e0 += step) {
+    const int64_t len = std::min(step, n - e0);
+    const uint8_t* from = src + e0 * elem;
+    if (stored == to) {
+      std::memcpy(static_cast<uint8_t*>(out.data_ptr()) + e0 * elem, from, static_cast<size_t>(len * elem));
+    } else {  // read only: copy_ never writes its source
+      flat.narrow(0, e0, len).copy_(at::from_blob(const_cast<uint8_t*>(from), {len}, at::TensorOptions().dtype(stored)));
+    }
+    release(from, from + len * elem);
+  }
+  release(ti);  // the pages that straddle two slices
+  return out;
 }
 
 at::Tensor SafetensorsFile::load(const std::string& name) const {
@@ -237,13 +264,7 @@ at::Tensor SafetensorsFile::load(const std::string& name) const {
               "; load() reads F32, F16, BF16 and F64 tensors as float32 (load_raw() gives the stored dtype)");
   if (desc->type == at::kFloat) return load_raw(name);
   const uint8_t* src = data_ + ti.begin;
-  if (reinterpret_cast<uintptr_t>(src) % desc->size == 0) {
-    // Converted straight from the mapping (read only: .to() never writes its source).
-    at::Tensor out =
-        at::from_blob(const_cast<uint8_t*>(src), ti.shape, at::TensorOptions().dtype(desc->type)).to(at::kFloat);
-    release(ti);
-    return out;
-  }
+  if (reinterpret_cast<uintptr_t>(src) % desc->size == 0) return copy_out(ti, desc->type, at::kFloat);
   // Data at an offset that is not a multiple of the element size: copy into aligned memory first.
   return load_raw(name).to(at::kFloat);
 }

@@ -145,6 +145,21 @@ TEST(Safetensors, LoadedTensorOutlivesTheMapping) {
   EXPECT_TRUE(at::equal(x, w.to(at::kFloat)));
 }
 
+// Tensors larger than the 64 MiB slices of the reader (its pages are dropped slice by slice) load exactly, and
+// an odd element count leaves a short last slice.
+TEST(Safetensors, TensorsLargerThanOneSliceLoadExactly) {
+  at::manual_seed(9);
+  TempDir dir;
+  const std::string path = dir.file("big.safetensors");
+  const at::Tensor f16 = at::randn({(int64_t{40} << 20) + 3}).to(at::kHalf);  // 80 MiB + 6 bytes
+  const at::Tensor f32 = at::randn({3, (int64_t{6} << 20) + 1});               // 72 MiB + 12 bytes
+  io::write_safetensors(path, {{"a.f16", f16}, {"b.f32", f32}});
+  const auto f = SafetensorsFile::open(path);
+  EXPECT_TRUE(at::equal(f->load("a.f16"), f16.to(at::kFloat)));
+  EXPECT_TRUE(at::equal(f->load_raw("a.f16"), f16));
+  EXPECT_TRUE(at::equal(f->load("b.f32"), f32));
+}
+
 TEST(Safetensors, WriterLayoutIsTheReferenceOne) {
   TempDir dir;
   const std::string path = dir.file("t.safetensors");

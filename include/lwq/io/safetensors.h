@@ -42,7 +42,10 @@ class SafetensorsFile {
 
  private:
   SafetensorsFile() = default;
+  void release(const uint8_t* begin, const uint8_t* end) const;  // drops whole mapped pages in [begin, end)
   void release(const TensorInfo& ti) const;  // drops the tensor's mapped pages from the resident set
+  // The tensor's elements as `to`, copied in slices whose mapped pages are dropped as soon as they are copied.
+  at::Tensor copy_out(const TensorInfo& ti, at::ScalarType stored, at::ScalarType to) const;
   std::string path_;
   std::map<std::string, TensorInfo> tensors_;
   std::map<std::string, std::string> metadata_;
