@@ -27,6 +27,11 @@ namespace {
 
 static_assert(kA8Block <= 32, "4-bit s16 accumulation is only safe up to 32 columns per block");
 
+// M = 1 is memory-bound: with 4 tile streams side by side the hardware prefetchers alone reached about 20 GB/s
+// per core here (cold 4096x4096 int4, measured with a torch-free loop); prefetching each stream 3 KiB ahead
+// gave 29-32 GB/s, above the plain streaming read (2 KiB: 27, 4 KiB: 29, 8 KiB: 21-23 GB/s).
+constexpr int64_t kPrefetchBytes = 3072;
+
 inline __m256i loadu_si(const uint8_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
 
 inline __m256i broadcast4(const int8_t* p) {
@@ -101,6 +106,8 @@ void a8_tiles(const Ctx& c, int64_t t0, int64_t m0) {
           __m256i lo[T], hi[T];
           #pragma GCC unroll 8
           for (int t = 0; t < T; ++t) {
+            if (MR == 1 && (u & 1) == 0)  // one prefetch per 64-byte line
+              _mm_prefetch(reinterpret_cast<const char*>(tp[t] + u * 32 + kPrefetchBytes), _MM_HINT_T0);
             const __m256i v = loadu_si(tp[t] + u * 32);
             lo[t] = _mm256_and_si256(v, low4);
             hi[t] = _mm256_and_si256(_mm256_srli_epi16(v, 4), low4);
