@@ -28,8 +28,8 @@ namespace {
 static_assert(kA8Block <= 32, "4-bit s16 accumulation is only safe up to 32 columns per block");
 
 // M = 1 is memory-bound: with 4 tile streams side by side the hardware prefetchers alone reached about 20 GB/s
-// per core here (cold 4096x4096 int4, measured with a torch-free loop); prefetching each stream 3 KiB ahead
-// gave 29-32 GB/s, above the plain streaming read (2 KiB: 27, 4 KiB: 29, 8 KiB: 21-23 GB/s).
+// per core here (64 cold copies of a 4096x4096 int4 weight, torch-free loop); prefetching each stream 3 KiB
+// ahead gave about 26 GB/s (2 KiB: the same; 4 KiB: 23; 6 KiB: 22; 1 or 2 tiles side by side: 20-21).
 constexpr int64_t kPrefetchBytes = 3072;
 
 inline __m256i loadu_si(const uint8_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
