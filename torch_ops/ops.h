@@ -18,6 +18,11 @@ PackedWeightPtr quantize_weight(const at::Tensor& weight, const std::string& dty
 // y = x @ dequantize(w).T + bias for x [..., in]; fp32 (other float dtypes are computed in fp32 and cast back).
 at::Tensor woq_linear(const at::Tensor& x, const PackedWeightPtr& w, const c10::optional<at::Tensor>& bias);
 
+// woq_linear with x quantized dynamically to int8 (per row, per block of at most 32 columns inside one group)
+// and integer dot products: faster, not exact fp32 (kernels/woq_a8.h: arithmetic and error bound). int8, int4,
+// int4_fullrange (sym or asym, any group size, act-order); other dtypes are refused.
+at::Tensor woq_linear_a8(const at::Tensor& x, const PackedWeightPtr& w, const c10::optional<at::Tensor>& bias);
+
 // Static W8A8: x quantized per tensor with (act_scale, act_zero_point) to uint8 ([0, 255]) or int8
 // ([-128, 127]), int8 per-channel symmetric weights, exact int32 accumulation, then
 // y = act_scale * w_scale[n] * sum_k (xq - zp) * wq + bias.

@@ -21,6 +21,11 @@ at::Tensor woq_linear_meta(const at::Tensor& x, const PackedWeightPtr& w, const 
   return at::empty(linear_output_shape(x, w->in_features(), w->out_features()), x.options());
 }
 
+at::Tensor woq_linear_a8_meta(const at::Tensor& x, const PackedWeightPtr& w, const c10::optional<at::Tensor>& bias) {
+  TORCH_CHECK(w, "woq_linear_a8: the packed weight is None");
+  return at::empty(linear_output_shape(x, w->in_features(), w->out_features()), x.options());
+}
+
 at::Tensor w8a8_linear_meta(const at::Tensor& x, const PackedWeightPtr& w, double act_scale, int64_t act_zero_point,
                             const c10::optional<at::Tensor>& bias, const std::string& act_dtype) {
   TORCH_CHECK(w, "w8a8_linear: the packed weight is None");
@@ -31,12 +36,14 @@ at::Tensor w8a8_linear_meta(const at::Tensor& x, const PackedWeightPtr& w, doubl
 
 TORCH_LIBRARY_IMPL(lwq, Meta, m) {
   m.impl("woq_linear", &woq_linear_meta);
+  m.impl("woq_linear_a8", &woq_linear_a8_meta);
   m.impl("w8a8_linear", &w8a8_linear_meta);
 }
 
 // LibTorch 1.13 has no default fallthrough for AutogradMeta: without this, meta calls stop there.
 TORCH_LIBRARY_IMPL(lwq, AutogradMeta, m) {
   m.impl("woq_linear", torch::CppFunction::makeFallthrough());
+  m.impl("woq_linear_a8", torch::CppFunction::makeFallthrough());
   m.impl("w8a8_linear", torch::CppFunction::makeFallthrough());
 }
 

@@ -50,6 +50,7 @@ TORCH_LIBRARY(lwq, m) {
         &unpack_weight);
   m.def("dequantize_weight(__torch__.torch.classes.lwq.PackedWeight w) -> Tensor", &dequantize_weight);
   m.def("woq_linear(Tensor x, __torch__.torch.classes.lwq.PackedWeight w, Tensor? bias=None) -> Tensor");
+  m.def("woq_linear_a8(Tensor x, __torch__.torch.classes.lwq.PackedWeight w, Tensor? bias=None) -> Tensor");
   m.def("w8a8_linear(Tensor x, __torch__.torch.classes.lwq.PackedWeight w, float act_scale, int act_zero_point, "
         "Tensor? bias=None, str act_dtype=\"uint8\") -> Tensor");
 }

@@ -73,11 +73,12 @@ at::Tensor w8a8_linear(const at::Tensor& x, const PackedWeightPtr& w, double act
   at::Tensor y = at::empty({M, v.N}, x2.options());
   const float* bd = b.defined() ? b.data_ptr<float>() : nullptr;
   float* yd = y.data_ptr<float>();
+  // All three kernels give the same bits (exact integer sums, one shared epilogue).
+  const auto gemm = kernels::cpu_has_avx_vnni() ? kernels::w8a8_gemm_avx_vnni
+                    : avx2                      ? kernels::w8a8_gemm_avx2
+                                                : kernels::w8a8_gemm_ref;
   at::parallel_for(0, v.N_pad / kernels::kTileN, 1, [&](int64_t t0, int64_t t1) {
-    if (avx2)
-      kernels::w8a8_gemm_avx2(v, dd, rs, M, v.K_pad, act_scale_f, bd, yd, v.N, t0, t1);
-    else
-      kernels::w8a8_gemm_ref(v, dd, rs, M, v.K_pad, act_scale_f, bd, yd, v.N, t0, t1);
+    gemm(v, dd, rs, M, v.K_pad, act_scale_f, bd, yd, v.N, t0, t1);
   });
   return y.reshape(out_shape).to(x.scalar_type());
 }

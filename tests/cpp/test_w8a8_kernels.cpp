@@ -1,4 +1,4 @@
-// Static W8A8: the AVX2 kernels against the scalar reference (bit for bit), the op against its float definition,
+// Static W8A8: the AVX2 (and, where the CPU has it, AVX-VNNI) kernels against the scalar reference (bit for bit), the op against its float definition,
 // thread-count independence, the int32 accumulator at its limit, and input validation.
 #include <ATen/Parallel.h>
 #include <ATen/core/dispatch/Dispatcher.h>
@@ -45,8 +45,11 @@ QuantizedActs quantize_acts(bool avx2, const at::Tensor& x, float scale, int32_t
   return q;
 }
 
+// The GEMM implementations: 0 = reference, 1 = AVX2, 2 = AVX-VNNI (so `true` means AVX2).
+enum Impl : int { kRef = 0, kAvx2 = 1, kVnni = 2 };
+
 // y [M, N] from the GEMM kernel, run over the tile ranges split at `cuts` (as different thread counts would).
-at::Tensor gemm(bool avx2, const PackedWeight& w, const QuantizedActs& q, float scale, const at::Tensor& bias,
+at::Tensor gemm(int impl, const PackedWeight& w, const QuantizedActs& q, float scale, const at::Tensor& bias,
                 std::vector<int64_t> cuts = {}) {
   const kernels::WeightView v = w.view();
   const int64_t M = static_cast<int64_t>(q.row_sum.size());
@@ -57,7 +60,9 @@ at::Tensor gemm(bool avx2, const PackedWeight& w, const QuantizedActs& q, float 
   cuts.insert(cuts.begin(), 0);
   cuts.push_back(tiles);
   for (size_t i = 0; i + 1 < cuts.size(); ++i) {
-    const auto fn = avx2 ? kernels::w8a8_gemm_avx2 : kernels::w8a8_gemm_ref;
+    const auto fn = impl == kVnni ? kernels::w8a8_gemm_avx_vnni
+                    : impl == kAvx2 ? kernels::w8a8_gemm_avx2
+                                    : kernels::w8a8_gemm_ref;
     fn(v, q.d.data(), q.row_sum.data(), M, q.ldd, scale, b, y.data_ptr<float>(), v.N, cuts[i], cuts[i + 1]);
   }
   return y;
@@ -159,6 +164,11 @@ TEST(W8a8Kernel, GemmAvx2BitExactWithRefOnAwkwardShapes) {
         EXPECT_TRUE(bit_equal(ref, gemm(true, *w, q, scale, bias, {1, 2, 3, 4}))) << where;
         const at::Tensor no_bias = gemm(false, *w, q, scale, at::Tensor());
         EXPECT_TRUE(bit_equal(no_bias, gemm(true, *w, q, scale, at::Tensor()))) << where << " no bias";
+        if (kernels::cpu_has_avx_vnni()) {
+          EXPECT_TRUE(bit_equal(ref, gemm(kVnni, *w, q, scale, bias))) << where << " vnni";
+          EXPECT_TRUE(bit_equal(ref, gemm(kVnni, *w, q, scale, bias, {1, 2, 3, 4}))) << where << " vnni split";
+          EXPECT_TRUE(bit_equal(no_bias, gemm(kVnni, *w, q, scale, at::Tensor()))) << where << " vnni no bias";
+        }
       }
     }
   }
@@ -171,7 +181,7 @@ TEST(W8a8Kernel, AccumulatorAtItsLimitIsExact) {
   q[3].fill_(127);
   const at::Tensor scales = at::full({N, 1}, 0.5f);
   const auto w = PackedWeight::pack(q, scales, c10::nullopt, "int8", -1, c10::nullopt);
-  const at::Tensor x = at::full({1, K}, -1e9f);  // saturates to xq = 0; zp 255 gives d = -255
+  const at::Tensor x = at::full({2, K}, -1e9f);  // saturates to xq = 0; zp 255 gives d = -255
   const QuantizedActs qa = quantize_acts(false, x, 1.0f, 255, kUint8);
   const at::Tensor ref = gemm(false, *w, qa, 1.0f, at::Tensor());
   EXPECT_EQ(ref[0][0].item<float>(), static_cast<float>(int64_t{2139095040}) * 0.5f);
@@ -179,7 +189,12 @@ TEST(W8a8Kernel, AccumulatorAtItsLimitIsExact) {
   if (kernels::cpu_has_avx2_fma()) {
     const QuantizedActs qf = quantize_acts(true, x, 1.0f, 255, kUint8);
     EXPECT_TRUE(bit_equal(ref, gemm(true, *w, qf, 1.0f, at::Tensor())));
+    // One row takes the GEMV path.
+    const QuantizedActs q1 = quantize_acts(true, x.narrow(0, 0, 1).contiguous(), 1.0f, 255, kUint8);
+    EXPECT_TRUE(bit_equal(ref.narrow(0, 0, 1).contiguous(), gemm(true, *w, q1, 1.0f, at::Tensor())));
   }
+  // The VNNI path (2 rows) computes sum xu * q - o * wsum with o = 255: both terms near the limit too.
+  if (kernels::cpu_has_avx_vnni()) EXPECT_TRUE(bit_equal(ref, gemm(kVnni, *w, qa, 1.0f, at::Tensor())));
 }
 
 // y = (xq - zp) * act_scale @ dequantize(w).T + b, computed in double.

@@ -1,4 +1,5 @@
-// Runtime CPU feature check: AVX2 kernels are compiled into every build and chosen only where they can run.
+// Runtime CPU feature checks: AVX2 (and AVX-VNNI) kernels are compiled into every build and chosen only where
+// they can run.
 #include "format.h"
 
 #include <cstdlib>
@@ -12,6 +13,16 @@ bool cpu_has_avx2_fma() {
     if (force_ref && *force_ref && *force_ref != '0') return false;
     __builtin_cpu_init();
     return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+  }();
+  return ok;
+}
+
+bool cpu_has_avx_vnni() {
+  static const bool ok = [] {
+    if (!cpu_has_avx2_fma()) return false;
+    const char* no_vnni = std::getenv("LWQ_NO_VNNI");
+    if (no_vnni && *no_vnni && *no_vnni != '0') return false;
+    return __builtin_cpu_supports("avxvnni") != 0;
   }();
   return ok;
 }

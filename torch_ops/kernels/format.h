@@ -66,6 +66,9 @@ void woq_gemm_avx2(const WeightView& w, const float* x, int64_t M, int64_t ldx, 
 
 // Runtime dispatch: true when the CPU and the OS support AVX2 + FMA (and LWQ_FORCE_REF is unset).
 bool cpu_has_avx2_fma();
+// True when cpu_has_avx2_fma() and the CPU has AVX-VNNI (VEX vpdpbusd), unless LWQ_NO_VNNI is set (to time or
+// test the plain AVX2 kernels on such a CPU).
+bool cpu_has_avx_vnni();
 
 }  // namespace kernels
 }  // namespace lwq
