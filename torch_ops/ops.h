@@ -29,6 +29,17 @@ at::Tensor woq_linear_a8(const at::Tensor& x, const PackedWeightPtr& w, const c1
 at::Tensor w8a8_linear(const at::Tensor& x, const PackedWeightPtr& w, double act_scale, int64_t act_zero_point,
                        const c10::optional<at::Tensor>& bias, const std::string& act_dtype);
 
+// The input of a weight-only linear as the kernels read it (shared by woq_linear and woq_linear_a8): x flattened
+// to fp32 [M, K_pad] in the weight's internal column order (act-order), zeros past K; bias fp32 [N] or undefined.
+// `op` names the caller in errors.
+struct KernelInput {
+  at::Tensor x, bias;
+  std::vector<int64_t> out_shape;
+  int64_t M = 0;
+};
+KernelInput kernel_input(const char* op, const at::Tensor& x, const PackedWeight& w,
+                         const c10::optional<at::Tensor>& bias);
+
 // Output shape of a linear on x [..., in] with `out` features (shared by the CPU and Meta implementations).
 std::vector<int64_t> linear_output_shape(const at::Tensor& x, int64_t in_features, int64_t out_features);
 

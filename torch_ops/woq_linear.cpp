@@ -40,29 +40,39 @@ void run_avx2(const kernels::WeightView& v, const float* x, int64_t M, const flo
 
 }  // namespace
 
+KernelInput kernel_input(const char* op, const at::Tensor& x, const PackedWeight& w,
+                         const c10::optional<at::Tensor>& bias) {
+  KernelInput in;
+  in.out_shape = linear_output_shape(x, w.in_features(), w.out_features());
+  TORCH_CHECK(x.is_floating_point(), op, ": x must be a float tensor, got ", x.scalar_type());
+  const int64_t K = w.in_features(), K_pad = kernels::padded_cols(K, w.info().bits), N = w.out_features();
+  at::Tensor x2 = x.reshape({-1, K}).to(at::kFloat);
+  if (w.has_g_idx()) x2 = x2.index_select(1, w.perm());
+  in.M = x2.size(0);
+  // The kernels read K_pad columns per row, zeros past K.
+  if (K_pad == K) {
+    in.x = x2.contiguous();
+  } else {
+    in.x = at::empty({in.M, K_pad}, x2.options());
+    in.x.narrow(1, 0, K).copy_(x2);
+    in.x.narrow(1, K, K_pad - K).zero_();
+  }
+  if (bias && bias->defined()) {
+    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == N, op, ": bias must have shape [", N, "], got ",
+                bias->sizes());
+    in.bias = bias->to(at::kFloat).contiguous();
+  }
+  return in;
+}
+
 at::Tensor woq_linear(const at::Tensor& x, const PackedWeightPtr& w, const c10::optional<at::Tensor>& bias) {
   TORCH_CHECK(w, "woq_linear: the packed weight is None");
-  const auto out_shape = linear_output_shape(x, w->in_features(), w->out_features());
-  TORCH_CHECK(x.is_floating_point(), "woq_linear: x must be a float tensor, got ", x.scalar_type());
+  const KernelInput in = kernel_input("woq_linear", x, *w, bias);
   const kernels::WeightView v = w->view();
-  at::Tensor x2 = x.reshape({-1, v.K}).to(at::kFloat);
-  if (w->has_g_idx()) x2 = x2.index_select(1, w->perm());
-  const int64_t M = x2.size(0);
-  // The kernels read K_pad columns per row, zeros past K.
-  at::Tensor xp;
-  if (v.K_pad == v.K) {
-    xp = x2.contiguous();
-  } else {
-    xp = at::empty({M, v.K_pad}, x2.options());
-    xp.narrow(1, 0, v.K).copy_(x2);
-    xp.narrow(1, v.K, v.K_pad - v.K).zero_();
-  }
-  at::Tensor b;
-  if (bias && bias->defined()) {
-    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == v.N, "woq_linear: bias must have shape [", v.N, "], got ",
-                bias->sizes());
-    b = bias->to(at::kFloat).contiguous();
-  }
+  const at::Tensor& xp = in.x;
+  const at::Tensor& b = in.bias;
+  const int64_t M = in.M;
+  const auto& out_shape = in.out_shape;
   at::Tensor y = at::empty({M, v.N}, xp.options());
   if (M == 0) return y.reshape(out_shape).to(x.scalar_type());
   const float* xd = xp.data_ptr<float>();

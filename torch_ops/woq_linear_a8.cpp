@@ -20,25 +20,11 @@ at::Tensor woq_linear_a8(const at::Tensor& x, const PackedWeightPtr& w, const c1
               "woq_linear_a8: int8 activations are implemented for the dtypes int8, int4 and int4_fullrange "
               "(sym or asym), got dtype ",
               w->dtype(), "; use woq_linear for this weight");
-  const auto out_shape = linear_output_shape(x, w->in_features(), w->out_features());
-  TORCH_CHECK(x.is_floating_point(), "woq_linear_a8: x must be a float tensor, got ", x.scalar_type());
-  at::Tensor x2 = x.reshape({-1, v.K}).to(at::kFloat);
-  if (w->has_g_idx()) x2 = x2.index_select(1, w->perm());
-  const int64_t M = x2.size(0);
-  at::Tensor xp;
-  if (v.K_pad == v.K) {
-    xp = x2.contiguous();
-  } else {
-    xp = at::empty({M, v.K_pad}, x2.options());
-    xp.narrow(1, 0, v.K).copy_(x2);
-    xp.narrow(1, v.K, v.K_pad - v.K).zero_();
-  }
-  at::Tensor b;
-  if (bias && bias->defined()) {
-    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == v.N, "woq_linear_a8: bias must have shape [", v.N, "], got ",
-                bias->sizes());
-    b = bias->to(at::kFloat).contiguous();
-  }
+  const KernelInput in = kernel_input("woq_linear_a8", x, *w, bias);
+  const at::Tensor& xp = in.x;
+  const at::Tensor& b = in.bias;
+  const int64_t M = in.M;
+  const auto& out_shape = in.out_shape;
   at::Tensor y = at::empty({M, v.N}, xp.options());
   if (M == 0) return y.reshape(out_shape).to(x.scalar_type());
 
