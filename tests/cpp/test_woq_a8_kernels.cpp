@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "kernels/format.h"
+#include "random_weight.h"
 #include "kernels/woq_a8.h"
 #include "ops.h"
 
@@ -26,59 +27,9 @@ namespace {
 using kernels::A8Block;
 using kernels::Codebook;
 using kernels::WeightView;
-
-constexpr int64_t kNonUniform = 0;  // act-order style: random nondecreasing groups, boundaries anywhere
-
-struct RandomWeight {
-  std::vector<uint8_t> packed;
-  std::vector<float> scales;
-  std::vector<uint8_t> zeros;
-  std::vector<int32_t> col_group;
-  WeightView view;
-};
-
-RandomWeight make_weight(int bits, bool asym, int64_t group, int64_t N, int64_t K, std::mt19937& rng) {
-  RandomWeight rw;
-  WeightView& v = rw.view;
-  v.N = N;
-  v.K = K;
-  v.N_pad = kernels::padded_rows(N);
-  v.K_pad = kernels::padded_cols(K, bits);
-  v.bits = bits;
-  v.codebook = Codebook::Int;
-  std::uniform_int_distribution<int> code(0, (1 << bits) - 1);
-  std::vector<uint8_t> codes(N * K);
-  for (auto& c : codes) c = static_cast<uint8_t>(code(rng));
-  rw.packed.resize(kernels::packed_bytes(N, K, bits));
-  kernels::pack_codes(codes.data(), N, K, bits, rw.packed.data());
-  rw.col_group.resize(v.K_pad);
-  if (group == kNonUniform) {
-    v.n_groups = 1 + K / 9;
-    std::uniform_int_distribution<int> g(0, static_cast<int>(v.n_groups - 1));
-    for (int64_t k = 0; k < K; ++k) rw.col_group[k] = g(rng);
-    std::sort(rw.col_group.begin(), rw.col_group.begin() + K);
-  } else {
-    const int64_t G = group == -1 ? K : group;
-    v.n_groups = (K + G - 1) / G;
-    for (int64_t k = 0; k < K; ++k) rw.col_group[k] = static_cast<int32_t>(k / G);
-    v.uniform_group = G;
-  }
-  for (int64_t k = K; k < v.K_pad; ++k) rw.col_group[k] = rw.col_group[K - 1];
-  std::uniform_real_distribution<float> mag(0.25f, 1.5f);
-  std::bernoulli_distribution neg(0.2);
-  rw.scales.assign(v.n_groups * v.N_pad, 0.0f);
-  if (asym) rw.zeros.assign(v.n_groups * v.N_pad, 0);
-  for (int64_t g = 0; g < v.n_groups; ++g)
-    for (int64_t n = 0; n < N; ++n) {
-      rw.scales[g * v.N_pad + n] = mag(rng) * (neg(rng) ? -1.0f : 1.0f);
-      if (asym) rw.zeros[g * v.N_pad + n] = static_cast<uint8_t>(code(rng));
-    }
-  v.qweight = rw.packed.data();
-  v.scales = rw.scales.data();
-  v.zeros = asym ? rw.zeros.data() : nullptr;
-  v.col_group = rw.col_group.data();
-  return rw;
-}
+using test::kNonUniform;
+using test::make_weight;
+using test::RandomWeight;
 
 // x [M, K_pad], zeros past K; some rows scaled up, one block of zeros (amax = 0), exact extremes.
 std::vector<float> make_x(int64_t M, int64_t K, int64_t K_pad, std::mt19937& rng) {
@@ -125,7 +76,7 @@ TEST(WoqA8Kernel, BlocksStayInsideGroupsAndQuantizationIsAsDocumented) {
   for (int bits : {4, 8})
     for (int64_t group : {int64_t(-1), int64_t(128), int64_t(32), int64_t(20), kNonUniform})
       for (int64_t K : {int64_t(5), int64_t(100), int64_t(257)}) {
-        const RandomWeight rw = make_weight(bits, false, group, 9, K, rng);
+        const RandomWeight rw = make_weight(bits, Codebook::Int, false, group, 9, K, rng);
         const WeightView& v = rw.view;
         const std::vector<A8Block> blocks = kernels::woq_a8_blocks(v);
         const std::string what = describe(bits, false, group, 3, 9, K);
@@ -187,7 +138,7 @@ TEST(WoqA8Kernel, Avx2QuantizationEqualsReference) {
   for (int bits : {4, 8})
     for (int64_t group : {int64_t(-1), int64_t(128), int64_t(20), kNonUniform})
       for (int64_t K : {int64_t(5), int64_t(96), int64_t(257), int64_t(1000)}) {
-        const RandomWeight rw = make_weight(bits, false, group, 8, K, rng);
+        const RandomWeight rw = make_weight(bits, Codebook::Int, false, group, 8, K, rng);
         const WeightView& v = rw.view;
         const std::vector<A8Block> blocks = kernels::woq_a8_blocks(v);
         const int64_t M = 7, nb = static_cast<int64_t>(blocks.size());
@@ -210,7 +161,7 @@ TEST(WoqA8Kernel, Avx2QuantizationEqualsReference) {
 
 TEST(WoqA8Kernel, QuantizeRefusesNonFinite) {
   std::mt19937 rng(3);
-  const RandomWeight rw = make_weight(4, false, 32, 8, 64, rng);
+  const RandomWeight rw = make_weight(4, Codebook::Int, false, 32, 8, 64, rng);
   const std::vector<A8Block> blocks = kernels::woq_a8_blocks(rw.view);
   for (float bad : {std::numeric_limits<float>::quiet_NaN(), std::numeric_limits<float>::infinity()}) {
     std::vector<float> x(64, 1.0f);
@@ -240,7 +191,7 @@ TEST(WoqA8Kernel, Avx2EqualsReferenceBitForBitOnAwkwardShapes) {
       for (int64_t group : {int64_t(-1), int64_t(32), int64_t(128), int64_t(20), int64_t(96), kNonUniform})
         for (const auto& s : shapes) {
           const int64_t M = s[0], N = s[1], K = s[2];
-          const RandomWeight rw = make_weight(bits, asym, group, N, K, rng);
+          const RandomWeight rw = make_weight(bits, Codebook::Int, asym, group, N, K, rng);
           const WeightView& v = rw.view;
           const std::vector<A8Block> blocks = kernels::woq_a8_blocks(v);
           const int64_t nb = static_cast<int64_t>(blocks.size());
