@@ -113,7 +113,9 @@ TEST(WoqA8Kernel, BlocksStayInsideGroupsAndQuantizationIsAsDocumented) {
               sum += q;
               EXPECT_LE(std::abs(q), 127) << what;
               EXPECT_LE(std::fabs(x[m * v.K_pad + j] - d * q), 0.5001f * d) << what << " m " << m << " k " << j;
-              if (std::fabs(x[m * v.K_pad + j]) == amax && amax > 0) EXPECT_EQ(std::abs(q), 127) << what;
+              if (std::fabs(x[m * v.K_pad + j]) == amax && amax > 0) {
+                EXPECT_EQ(std::abs(q), 127) << what;
+              }
             }
             EXPECT_EQ(a.xsum[m * nb + bi], sum) << what;
           }
@@ -170,9 +172,10 @@ TEST(WoqA8Kernel, QuantizeRefusesNonFinite) {
     std::vector<float> d(blocks.size());
     std::vector<int32_t> xs(blocks.size());
     EXPECT_FALSE(kernels::woq_a8_quantize_acts_ref(rw.view, blocks, x.data(), 1, 64, xq.data(), d.data(), xs.data()));
-    if (kernels::cpu_has_avx2_fma())
+    if (kernels::cpu_has_avx2_fma()) {
       EXPECT_FALSE(
           kernels::woq_a8_quantize_acts_avx2(rw.view, blocks, x.data(), 1, 64, xq.data(), d.data(), xs.data()));
+    }
   }
 }
 
@@ -180,10 +183,11 @@ TEST(WoqA8Kernel, QuantizeRefusesNonFinite) {
 TEST(WoqA8Kernel, Avx2EqualsReferenceBitForBitOnAwkwardShapes) {
   if (!kernels::cpu_has_avx2_fma()) GTEST_SKIP() << "CPU without AVX2/FMA (or LWQ_FORCE_REF set)";
   std::mt19937 rng(20261130);
-  // (M, N, K): M in {1, 2, 3, 7, 64, 300}, odd N, K below and not a multiple of the group sizes.
-  const std::vector<std::array<int64_t, 3>> shapes = {{1, 7, 13},   {2, 13, 100}, {3, 33, 172}, {7, 1, 257},
-                                                      {1, 16, 1},   {1, 45, 300}, {64, 13, 257}, {300, 7, 100},
-                                                      {5, 24, 1000}};
+  // (M, N, K): M in {1, 2, 3, 7, 64, 300}, odd N, K below and not a multiple of the group sizes; M = 1 with K a
+  // multiple of 32 and 10 or 13 tiles takes the 4-bit GEMV loop (groups of 4 tiles, then single tiles).
+  const std::vector<std::array<int64_t, 3>> shapes = {{1, 7, 13},    {2, 13, 100}, {3, 33, 172},  {7, 1, 257},
+                                                      {1, 16, 1},    {1, 45, 300}, {64, 13, 257}, {300, 7, 100},
+                                                      {5, 24, 1000}, {1, 77, 384}, {1, 104, 96}};
   int toggle = 0;
   int64_t cases = 0;
   for (int bits : {4, 8})
@@ -224,7 +228,7 @@ TEST(WoqA8Kernel, Avx2EqualsReferenceBitForBitOnAwkwardShapes) {
             for (int64_t n = N; n < ldy; ++n) ASSERT_EQ(got[m * ldy + n], kSentinel) << what << ": wrote past N";
           ++cases;
         }
-  EXPECT_EQ(cases, 2 * 2 * 6 * 9);
+  EXPECT_EQ(cases, 2 * 2 * 6 * 11);
 }
 
 // --- Through the op ---------------------------------------------------------------------------------------------

@@ -10,8 +10,9 @@
 // Per block the s32 sums are corrected for the zero point in int32 (exact), converted once and accumulated with
 // one FMA per block and per group, in the order the reference uses: the results are bit-identical to it.
 //
-// Blocking: MR rows of x x T tiles of 8 output rows. M = 1 runs 4 tiles side by side; larger M walks groups of
-// 4 tiles (64 KiB of int4 codes at K = 4096, kept in L2) with blocks of 4 rows x 2 tiles.
+// Blocking: MR rows of x x T tiles of 8 output rows. M = 1 runs 4 tiles side by side (a8_gemv4: its own loop for
+// 4-bit weights whose blocks are all 32 whole columns, the usual case); larger M walks groups of 4 tiles (64 KiB
+// of int4 codes at K = 4096, kept in L2) with blocks of 4 rows x 2 tiles.
 #include <immintrin.h>
 
 #include <algorithm>
@@ -28,9 +29,25 @@ namespace {
 static_assert(kA8Block <= 32, "4-bit s16 accumulation is only safe up to 32 columns per block");
 
 // M = 1 is memory-bound: with 4 tile streams side by side the hardware prefetchers alone reached about 20 GB/s
-// per core here (64 cold copies of a 4096x4096 int4 weight, torch-free loop); prefetching each stream 3 KiB
-// ahead gave about 26 GB/s (2 KiB: the same; 4 KiB: 23; 6 KiB: 22; 1 or 2 tiles side by side: 20-21).
-constexpr int64_t kPrefetchBytes = 3072;
+// per core here (64 cold copies of a 4096x4096 int4 weight, torch-free loop); prefetching each stream 2-3 KiB
+// ahead gave about 26 GB/s (4 KiB: 23; 6 KiB: 22; 1 or 2 tiles side by side: 20-21).
+constexpr int64_t kPrefetchBytes = 2048;
+
+// The scales (and zeros) of one group are a row [N_pad], so a tile walk meets them 32 bytes at a time, each row
+// in another page: the hardware prefetchers miss them and every miss stalls the stream. M = 1 prefetches the
+// rows' lines for the tile group kScaleAhead steps ahead (+10 % at 2 threads on 4096x4096; with the GEMV loop
+// below, 44 -> 50 GB/s where a plain read reached 65 and the loop with no scale reads at all 59).
+constexpr int64_t kScaleAhead = 2;
+
+// Always inlined: a call inside the loop clobbers every ymm register live across it (15 % slower measured).
+template <int T>
+__attribute__((always_inline)) inline void prefetch_group_params(const WeightView& w, int64_t g, int64_t t0) {
+  const int64_t t = t0 + kScaleAhead * T;
+  if (t >= w.N_pad / kTileN) return;
+  const float* sp = w.scales + g * w.N_pad + t * kTileN;
+  for (int i = 0; i < T; i += 2) _mm_prefetch(reinterpret_cast<const char*>(sp + i * kTileN), _MM_HINT_T0);
+  if (w.zeros) _mm_prefetch(reinterpret_cast<const char*>(w.zeros + g * w.N_pad + t * kTileN), _MM_HINT_T0);
+}
 
 inline __m256i loadu_si(const uint8_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
 
@@ -58,6 +75,7 @@ struct Ctx {
   float* y;
   int64_t ldy;
   int64_t tile_bytes;
+  bool whole_blocks;  // every block is 32 columns starting at a multiple of 32
 };
 
 // The code bias the integer products remove before the zero-point correction: 4-bit codes enter maddubs as
@@ -195,6 +213,7 @@ void a8_tiles(const Ctx& c, int64_t t0, int64_t m0) {
       }
     }
     if (blk.seg_end) {
+      if (MR == 1) prefetch_group_params<T>(w, blk.g, t0);
       #pragma GCC unroll 8
       for (int t = 0; t < T; ++t) {
         const __m256 sc = _mm256_loadu_ps(w.scales + blk.g * w.N_pad + (t0 + t) * kTileN);
@@ -219,6 +238,81 @@ void a8_tiles(const Ctx& c, int64_t t0, int64_t m0) {
   }
 }
 
+// M = 1, 4-bit, every block 32 whole columns (4 units): the loop of a8_tiles<4, 1, T> without its per-block
+// cases, one group at a time with the accumulators in registers. The same operations in the same order, so the
+// same bits.
+template <int T, bool ZEROS>
+void a8_gemv4(const Ctx& c, int64_t t0) {
+  const WeightView& w = *c.w;
+  const uint8_t* tp[T];
+  __m256 yv[T];
+  for (int t = 0; t < T; ++t) {
+    tp[t] = w.qweight + (t0 + t) * c.tile_bytes;
+    yv[t] = c.bias ? _mm256_maskload_ps(c.bias + (t0 + t) * kTileN, lane_mask(valid_rows(w, t0 + t)))
+                   : _mm256_setzero_ps();
+  }
+  const __m256i low4 = _mm256_set1_epi8(0x0F), ones16 = _mm256_set1_epi16(1);
+  const int8_t* xq = c.acts.xq;
+  for (int64_t b = 0; b < c.n_blocks;) {
+    const int64_t g = c.blocks[b].g;
+    __m256 acc[T];
+    for (int t = 0; t < T; ++t) acc[t] = _mm256_setzero_ps();
+    bool group_end;
+    do {
+      group_end = c.blocks[b].seg_end;
+      __m256i s16[T];
+      for (int t = 0; t < T; ++t) s16[t] = _mm256_setzero_si256();
+      #pragma GCC unroll 4
+      for (int u = 0; u < 4; ++u) {
+        const __m256i xe = broadcast4(xq + u * 8), xo = broadcast4(xq + u * 8 + 4);
+        #pragma GCC unroll 8
+        for (int t = 0; t < T; ++t) {
+          if ((u & 1) == 0) _mm_prefetch(reinterpret_cast<const char*>(tp[t] + u * 32 + kPrefetchBytes), _MM_HINT_T0);
+          const __m256i v = loadu_si(tp[t] + u * 32);
+          const __m256i lo = _mm256_and_si256(v, low4), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low4);
+          s16[t] = _mm256_add_epi16(s16[t],
+                                    _mm256_add_epi16(_mm256_maddubs_epi16(lo, xe), _mm256_maddubs_epi16(hi, xo)));
+        }
+      }
+      const int32_t xs = c.acts.xsum[b];
+      const __m256 dv = _mm256_set1_ps(c.acts.d[b]);
+      for (int t = 0; t < T; ++t) {
+        __m256i iv = _mm256_madd_epi16(s16[t], ones16);
+        if (ZEROS) {
+          const __m128i z8 =
+              _mm_loadl_epi64(reinterpret_cast<const __m128i*>(w.zeros + g * w.N_pad + (t0 + t) * kTileN));
+          iv = _mm256_sub_epi32(iv, _mm256_mullo_epi32(_mm256_cvtepu8_epi32(z8), _mm256_set1_epi32(xs)));
+        } else {
+          iv = _mm256_sub_epi32(iv, _mm256_set1_epi32(sym_zero(4) * xs));
+        }
+        acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(iv), dv, acc[t]);
+        tp[t] += 4 * 32;
+      }
+      xq += kA8Block;
+      ++b;
+    } while (!group_end);
+    prefetch_group_params<T>(w, g, t0);
+    for (int t = 0; t < T; ++t)
+      yv[t] = _mm256_fmadd_ps(_mm256_loadu_ps(w.scales + g * w.N_pad + (t0 + t) * kTileN), acc[t], yv[t]);
+  }
+  for (int t = 0; t < T; ++t) {
+    const int64_t valid = valid_rows(w, t0 + t);
+    float* yp = c.y + (t0 + t) * kTileN;
+    if (valid == kTileN)
+      _mm256_storeu_ps(yp, yv[t]);
+    else
+      _mm256_maskstore_ps(yp, lane_mask(valid), yv[t]);
+  }
+}
+
+template <int T>
+void a8_gemv4_tiles(const Ctx& c, int64_t t0) {
+  if (c.w->zeros)
+    a8_gemv4<T, true>(c, t0);
+  else
+    a8_gemv4<T, false>(c, t0);
+}
+
 template <int BITS, int MR>
 void a8_rows(const Ctx& c, int64_t tb, int64_t te, int64_t m0) {
   int64_t t = tb;
@@ -230,6 +324,10 @@ template <int BITS>
 void run(const Ctx& c, int64_t M, int64_t tb, int64_t te) {
   if (M == 1) {
     int64_t t = tb;
+    if (BITS == 4 && c.whole_blocks) {
+      for (; t + 4 <= te; t += 4) a8_gemv4_tiles<4>(c, t);
+      for (; t < te; ++t) a8_gemv4_tiles<1>(c, t);
+    }
     for (; t + 4 <= te; t += 4) a8_tiles<BITS, 1, 4>(c, t, 0);
     for (; t < te; ++t) a8_tiles<BITS, 1, 1>(c, t, 0);
     return;
@@ -335,8 +433,10 @@ bool woq_a8_quantize_acts_avx2(const WeightView& w, const std::vector<A8Block>& 
 void woq_a8_gemm_avx2(const WeightView& w, const std::vector<A8Block>& blocks, const A8Acts& acts, int64_t M,
                       const float* bias, float* y, int64_t ldy, int64_t tile_begin, int64_t tile_end) {
   if (M <= 0 || tile_begin >= tile_end) return;
+  const bool whole = std::all_of(blocks.begin(), blocks.end(),
+                                 [](const A8Block& b) { return b.k1 - b.k0 == kA8Block && b.k0 % kA8Block == 0; });
   Ctx c{&w, blocks.data(), static_cast<int64_t>(blocks.size()), acts, bias, y, ldy,
-        w.K_pad / k_per_unit(w.bits) * unit_bytes(w.bits)};
+        w.K_pad / k_per_unit(w.bits) * unit_bytes(w.bits), whole};
   if (w.bits == 4)
     run<4>(c, M, tile_begin, tile_end);
   else

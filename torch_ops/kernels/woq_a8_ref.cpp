@@ -14,7 +14,10 @@ std::vector<A8Block> woq_a8_blocks(const WeightView& w) {
   while (k0 < w.K_pad) {
     const int64_t g = w.col_group[k0];
     int64_t seg_end = k0 + 1;
-    while (seg_end < w.K_pad && w.col_group[seg_end] == g) ++seg_end;
+    if (w.uniform_group > 0)  // group g is [g * G, (g + 1) * G), the last one up to K_pad
+      seg_end = g + 1 == w.n_groups ? w.K_pad : (g + 1) * w.uniform_group;
+    else
+      while (seg_end < w.K_pad && w.col_group[seg_end] == g) ++seg_end;
     for (int64_t k = k0; k < seg_end;) {
       const int64_t k1 = std::min(seg_end, (k / kA8Block + 1) * kA8Block);
       blocks.push_back({k, k1, g, k1 == seg_end});
