@@ -5,6 +5,8 @@
 #include <algorithm>
 #include <sstream>
 
+#include "kernels/woq_a8.h"
+
 namespace lwq {
 
 namespace {
@@ -239,6 +241,8 @@ kernels::WeightView PackedWeight::view() const {
   v.codebook = info_->codebook;
   return v;
 }
+
+bool PackedWeight::supports_int8_activations() const { return kernels::woq_a8_supported(view()); }
 
 std::string PackedWeight::repr() const {
   std::ostringstream os;

@@ -49,6 +49,8 @@ class PackedWeight : public torch::CustomClassHolder {
   const at::Tensor& qweight() const { return qweight_; }
   int64_t nbytes() const;  // packed storage: codes + scales + zeros + g_idx
   kernels::WeightView view() const;
+  // True when lwq::woq_linear_a8 takes this weight (integer codes of 4 or 8 bits: int8, int4, int4_fullrange).
+  bool supports_int8_activations() const;
   std::string repr() const;
 
  private:

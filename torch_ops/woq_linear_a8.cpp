@@ -16,7 +16,7 @@ namespace lwq {
 at::Tensor woq_linear_a8(const at::Tensor& x, const PackedWeightPtr& w, const c10::optional<at::Tensor>& bias) {
   TORCH_CHECK(w, "woq_linear_a8: the packed weight is None");
   const kernels::WeightView v = w->view();
-  TORCH_CHECK(kernels::woq_a8_supported(v),
+  TORCH_CHECK(w->supports_int8_activations(),
               "woq_linear_a8: int8 activations are implemented for the dtypes int8, int4 and int4_fullrange "
               "(sym or asym), got dtype ",
               w->dtype(), "; use woq_linear for this weight");

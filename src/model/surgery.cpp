@@ -192,6 +192,7 @@ struct CallPlan {
   bool any_input_scale = false;
   bool all_input_scale = false;     // every instance has a scale: a plain Tensor attribute, no branch
   c10::optional<std::string> w8a8;  // the activation dtype when the instances are W8A8
+  bool int8_activations = false;    // weight-only through lwq::woq_linear_a8
   std::string first_layer;          // for messages
 };
 
@@ -241,16 +242,24 @@ void install_packed_linears(jit::Module& root, const std::vector<LinearLayer>& l
                 p.input_scale.sizes(), ", expected [", w[1], "]");
     TORCH_CHECK(!layer.module.type()->hasAttribute(layer.packed_attr()), "install_packed_weights: layer '",
                 layer.name, "' already has an attribute '", layer.packed_attr(), "'");
+    TORCH_CHECK(!p.int8_activations || !p.activation, "install_packed_weights: layer '", layer.name,
+                "' is W8A8; int8 activations apply to weight-only layers");
+    TORCH_CHECK(!p.int8_activations || p.weight->supports_int8_activations(), "install_packed_weights: layer '",
+                layer.name, "' has dtype ", p.weight->dtype(),
+                "; int8 activations (lwq::woq_linear_a8) need int8, int4 or int4_fullrange");
     CallPlan& plan = plans[{layer.module.type().get(), layer.weight_attr}];
     const c10::optional<std::string> w8a8 =
         p.activation ? c10::optional<std::string>(p.activation->dtype) : c10::nullopt;
     if (plan.quantized.empty()) {
       plan.w8a8 = w8a8;
+      plan.int8_activations = p.int8_activations;
       plan.first_layer = layer.name;
     }
-    TORCH_CHECK(plan.w8a8 == w8a8, "install_packed_weights: layers '", plan.first_layer, "' and '", layer.name,
-                "' share one module type (one forward graph) but not one kind of call (weight-only or W8A8 with "
-                "one activation dtype); quantize them alike or exclude one of them");
+    TORCH_CHECK(plan.w8a8 == w8a8 && plan.int8_activations == p.int8_activations, "install_packed_weights: layers '",
+                plan.first_layer, "' and '", layer.name,
+                "' share one module type (one forward graph) but not one kind of call (weight-only, weight-only "
+                "with int8 activations, or W8A8 with one activation dtype); quantize them alike or exclude one of "
+                "them");
     plan.any_input_scale |= p.input_scale.defined();
     plan.quantized.insert(layer.module._ivalue().get());
   }
@@ -310,6 +319,7 @@ void install_packed_linears(jit::Module& root, const std::vector<LinearLayer>& l
   // 3. Rewrite the call sites, once per shared graph.
   const Analysis a = analyze(root);
   const c10::Symbol woq_linear = c10::Symbol::fromQualString("lwq::woq_linear");
+  const c10::Symbol woq_linear_a8 = c10::Symbol::fromQualString("lwq::woq_linear_a8");
   const c10::Symbol w8a8_linear = c10::Symbol::fromQualString("lwq::w8a8_linear");
   std::set<jit::Graph*> touched;
   for (const auto& entry : a.sites) {  // each shared graph once, whatever the number of instances
@@ -330,7 +340,7 @@ void install_packed_linears(jit::Module& root, const std::vector<LinearLayer>& l
         jit::Value* xq = plan.any_input_scale
                              ? insert_input_scale(graph, owner, x, attr + "_input_scale", !plan.all_input_scale)
                              : x;
-        if (!plan.w8a8) return graph.insert(woq_linear, {xq, p, bias});
+        if (!plan.w8a8) return graph.insert(plan.int8_activations ? woq_linear_a8 : woq_linear, {xq, p, bias});
         jit::Value* act_scale = graph.insertGetAttr(owner, attr + "_act_scale");
         jit::Value* act_zero_point = graph.insertGetAttr(owner, attr + "_act_zero_point");
         jit::Value* act_dtype = graph.insertConstant(c10::IValue(*plan.w8a8));

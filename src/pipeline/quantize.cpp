@@ -79,6 +79,19 @@ void check_config(const QuantizeConfig& config) {
               "quantize: the report path and the output path are the same: ", config.out_path);
   const DtypeInfo& info = dtype_info(config.spec.dtype);
   check_scheme(info, config.spec.sym);
+  TORCH_CHECK(config.compute == "fp32" || config.compute == "int8", "quantize: unknown compute '", config.compute,
+              "'; available: fp32, int8");
+  if (config.compute == "int8") {
+    TORCH_CHECK(config.algorithm != "w8a8", "quantize: --compute int8 applies to weight-only layers; W8A8 layers "
+                "already compute in int8 with static activation scales");
+    const std::set<std::string> a8_dtypes = {"int8", "int4", "int4_fullrange"};
+    TORCH_CHECK(a8_dtypes.count(config.spec.dtype), "quantize: --compute int8 needs dtype int8, int4 or "
+                "int4_fullrange, got ", config.spec.dtype);
+    for (const LayerRule& rule : config.rules) {
+      TORCH_CHECK(!rule.dtype || a8_dtypes.count(*rule.dtype), "quantize: --compute int8 needs dtype int8, int4 or "
+                  "int4_fullrange, but the rule for layers matching '", rule.match, "' selects ", *rule.dtype);
+    }
+  }
   TORCH_CHECK(config.spec.group_size == -1 || config.spec.group_size > 0,
               "quantize: group size must be -1 (per output channel) or positive, got ", config.spec.group_size);
 }
@@ -282,6 +295,9 @@ QuantizeResult quantize_model(const QuantizeConfig& config) {
     }
   }
   sample_rss();
+  if (config.compute == "int8") {
+    for (auto& entry : packed) entry.second.int8_activations = !entry.second.activation;
+  }
   model::install_packed_linears(module, layers, packed);
 
   // Saved through a stream: the archive's inner folder name is then fixed ("archive"), not the temporary file's
@@ -345,6 +361,7 @@ std::string report_json(const QuantizeConfig& config, const QuantizeResult& resu
       {"output", config.out_path},
       {"algorithm", config.algorithm},
       {"mse_search", config.mse_search},
+      {"compute", config.compute},
       {"spec", {{"dtype", config.spec.dtype}, {"group_size", config.spec.group_size}, {"sym", config.spec.sym}}},
       {"exclude", config.exclude},
       {"calibration",

@@ -157,6 +157,45 @@ TEST_F(Surgery, RefusesWrongLayersAndShapes) {
   EXPECT_FALSE(model::is_quantized(m)) << "a refused install must not leave attributes behind";
 }
 
+TEST_F(Surgery, Int8ActivationsCallWoqLinearA8AndAreRefusedWhereTheyCannotApply) {
+  torch::jit::Module m = load_filled_scripted();
+  torch::jit::Module reference = load_filled_scripted();
+  const auto layers = model::find_linear_layers(m);
+  const auto weights = quantize_layers(layers, {"lm_head"}, reference);
+  std::map<std::string, model::PackedLinear> packed;
+  for (const auto& [name, w] : weights) packed[name] = {w, at::Tensor(), c10::nullopt, true};
+  {
+    // An nf4 layer cannot take int8 activations; instances of one type must agree on the call.
+    auto bad = packed;
+    bad["layers.1.up"].weight = quantize_weight(at::randn({80, 48}), "nf4", 16, true);
+    test::expect_error([&] { model::install_packed_linears(m, layers, bad); }, "'layers.1.up' has dtype nf4");
+    auto mixed = packed;
+    mixed["layers.2.up"].int8_activations = false;
+    test::expect_error([&] { model::install_packed_linears(m, layers, mixed); },
+                       "and 'layers.2.up' share one module type");
+    EXPECT_FALSE(model::is_quantized(m)) << "a refused install must not leave attributes behind";
+  }
+  model::install_packed_linears(m, layers, packed);
+  const at::Tensor x = reference_input("scripted");
+  const at::Tensor y = run(m, x), y_ref = run(reference, x);
+  // int8 activations: close to the dequantized reference, but not exact.
+  EXPECT_LT(((y - y_ref).norm() / y_ref.norm()).item<double>(), 0.02);
+  EXPECT_GT((y - y_ref).abs().max().item<double>(), 1e-6);
+  int a8_calls = 0;
+  for (const auto& sub : m.modules()) {
+    if (!sub.find_method("forward")) continue;
+    for (const torch::jit::Node* n : sub.get_method("forward").graph()->nodes()) {
+      EXPECT_NE(n->kind().toQualString(), std::string("lwq::woq_linear"));
+      a8_calls += n->kind().toQualString() == std::string("lwq::woq_linear_a8");
+    }
+  }
+  EXPECT_EQ(a8_calls, 9) << "one call in the forward of each quantized linear (3 blocks x up, gate, down)";
+  std::stringstream archive;
+  m.save(archive);
+  torch::jit::Module loaded = torch::jit::load(archive);
+  EXPECT_TRUE(at::equal(run(loaded, x), y));
+}
+
 // A module defined from TorchScript source here: its weight feeds aten::linear and is also read directly, so it
 // must keep its float values.
 TEST(SurgeryDefined, WeightReadOutsideLinearIsNotQuantizable) {

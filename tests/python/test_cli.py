@@ -228,3 +228,34 @@ def test_unsupported_algorithm_and_bad_options(models, tmp_path):
     assert_fails(lwq(*base, "--algo", "rtn", "--exclude", "("), "(")
     assert_fails(lwq("inspect", tmp_path / "missing.pt"), "missing.pt")
     assert_fails(lwq("frobnicate"), "frobnicate")
+
+
+def test_compute_int8_installs_woq_linear_a8(models, tmp_path):
+    """--compute int8: every quantized call is lwq::woq_linear_a8; the outputs stay within the int4 budget and
+    close to the exact (fp32-compute) archive, which differs from it only in how x meets the codes."""
+    exact, fast = tmp_path / "exact.pt", tmp_path / "fast.pt"
+    quantize(models, "scripted", exact, "--dtype", "int4", "--group-size", "32")
+    quantize(models, "scripted", fast, "--dtype", "int4", "--group-size", "32", "--compute", "int8",
+             "--report", tmp_path / "r.json")
+    assert json.loads((tmp_path / "r.json").read_text())["compute"] == "int8"
+    ref = models / "scripted_reference.pt"
+    got_exact, got_fast = run_fresh(exact, ref), run_fresh(fast, ref)
+    assert got_fast["rel_error"] < INT4_BUDGET, got_fast
+    assert abs(got_fast["rel_error"] - got_exact["rel_error"]) < 0.02, (got_exact, got_fast)
+    torch.ops.load_library(str(OPS_LIB))
+    code_fast, code_exact = ("\n".join(m.code for m in torch.jit.load(str(path)).modules() if hasattr(m, "code"))
+                             for path in (fast, exact))
+    assert "woq_linear_a8" in code_fast and "woq_linear(" not in code_fast.replace("woq_linear_a8(", "")
+    assert "woq_linear_a8" not in code_exact
+
+
+def test_compute_int8_refuses_dtypes_and_algorithms_it_cannot_serve(models, tmp_path):
+    out = tmp_path / "q.pt"
+    result = lwq("quantize", "--model", models / "scripted.pt", "--weights", models / "scripted.safetensors",
+                 "--algo", "rtn", "--dtype", "nf4", "--compute", "int8", "--out", out)
+    assert_fails(result, "--compute int8", "nf4")
+    assert not out.exists()
+    result = lwq("quantize", "--model", models / "scripted.pt", "--weights", models / "scripted.safetensors",
+                 "--algo", "rtn", "--compute", "int4", "--out", out)
+    assert_fails(result, "unknown compute", "int4")
+    assert not out.exists()

@@ -92,6 +92,34 @@ def test_quantize_in_place_runs_and_scripts(models, tmp_path):
     assert torch.equal(torch.load(tmp_path / "y.pt"), y)
 
 
+def test_compute_int8_calls_woq_linear_a8_and_scripts(models, tmp_path):
+    model, exact = block_model(models), block_model(models)
+    x = torch.load(models / "scripted_reference.pt")["x"]
+    with torch.no_grad():
+        ref = model(x)
+    lwq.quantize_(exact, dtype="int4", group_size=32)
+    lwq.quantize_(model, dtype="int4", group_size=32, compute="int8")
+    up = model.layers[0].up
+    assert up.int8_activations and "compute=int8" in repr(up)
+    h = torch.randn(3, mtm.SCRIPTED_DIM)
+    assert torch.equal(up(h), torch.ops.lwq.woq_linear_a8(h, up.packed, up.bias))
+    with torch.no_grad():
+        y, y_exact = model(x), exact(x)
+    assert rel_error(y, ref) < 0.25 and rel_error(y, y_exact) < 0.05
+    scripted = torch.jit.script(model)
+    assert torch.equal(scripted(x), y)
+    path = tmp_path / "q8.pt"
+    scripted.save(str(path))
+    assert torch.equal(torch.jit.load(str(path))(x), y)
+
+
+def test_compute_int8_refuses_other_dtypes(models):
+    with pytest.raises(ValueError, match="nf4"):
+        lwq.quantize_(block_model(models), dtype="nf4", group_size=32, compute="int8")
+    with pytest.raises(ValueError, match="compute must be"):
+        lwq.quantize_(block_model(models), dtype="int4", compute="int4")
+
+
 def test_exclude_and_asym(models):
     model = block_model(models)
     names = lwq.quantize_(model, dtype="int4", group_size=16, sym=False, exclude=[r"\.down$"])

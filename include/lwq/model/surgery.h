@@ -69,12 +69,16 @@ struct PackedLinear {
   at::Tensor input_scale;
   // Set: the call becomes lwq::w8a8_linear with these static activation parameters; unset: lwq::woq_linear.
   c10::optional<ActivationQuant> activation;
+  // Weight-only layers: the call becomes lwq::woq_linear_a8 (x rounded to int8 per 32-column block at run time;
+  // dtypes int8, int4 and int4_fullrange) instead of lwq::woq_linear.
+  bool int8_activations = false;
 };
 
 // As above, with input scales and W8A8 layers. Per instance the module gets "<packed>" (the PackedWeight),
 // "<packed>_input_scale" (Tensor, or Optional[Tensor] when instances of the type differ), and for W8A8
 // "<packed>_act_scale" (float) and "<packed>_act_zero_point" (int). Instances of one type must agree on the call
-// (woq or w8a8, and the activation dtype): a type mixing them is refused, naming the layers.
+// (woq, woq with int8 activations, or w8a8 with one activation dtype): a type mixing them is refused, naming the
+// layers.
 void install_packed_linears(torch::jit::Module& root, const std::vector<LinearLayer>& layers,
                             const std::map<std::string, PackedLinear>& packed);
 

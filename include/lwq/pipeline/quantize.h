@@ -38,6 +38,9 @@ struct QuantizeConfig {
   std::string algorithm = "rtn";
   QuantSpec spec;
   bool mse_search = false;  // RTN: per-group clip-ratio search (rtn.h)
+  // How the weight-only layers of the output compute: "fp32" (lwq::woq_linear, exact) or "int8" (lwq::woq_linear_a8:
+  // x rounded to int8 per 32-column block at run time, the fast decode path; dtypes int8, int4, int4_fullrange).
+  std::string compute = "fp32";
   // ECMAScript regexes searched in qualified module names; matching layers stay float.
   std::vector<std::string> exclude = {kDefaultExclude};
   std::vector<std::string> include;  // when set, only layers matching one of these regexes are quantized
