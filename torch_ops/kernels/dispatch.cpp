@@ -1,6 +1,7 @@
-// Runtime CPU feature checks: AVX2 (and AVX-VNNI) kernels are compiled into every build and chosen only where
-// they can run.
+// Runtime CPU feature checks: AVX2 (and AVX-VNNI, AVX-512) kernels are compiled into every build and chosen only
+// where they can run.
 #include "format.h"
+#include "woq_gemm_avx2.h"
 
 #include <cstdlib>
 
@@ -23,6 +24,17 @@ bool cpu_has_avx_vnni() {
     const char* no_vnni = std::getenv("LWQ_NO_VNNI");
     if (no_vnni && *no_vnni && *no_vnni != '0') return false;
     return __builtin_cpu_supports("avxvnni") != 0;
+  }();
+  return ok;
+}
+
+bool cpu_has_avx512() {
+  static const bool ok = [] {
+    if (!cpu_has_avx2_fma()) return false;
+    const char* no = std::getenv("LWQ_NO_AVX512");
+    if (no && *no && *no != '0') return false;
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl");
   }();
   return ok;
 }

@@ -40,10 +40,7 @@ inline void unroll(F&& f) {
 constexpr int kpu_of(int bits) { return bits == 8 ? 4 : bits == 4 ? 8 : bits == 2 ? 16 : 32; }
 constexpr int unit_bytes_of(int bits) { return bits == 3 ? 96 : 32; }
 
-// Columns [k0, k1) all belong to group g.
-struct Segment {
-  int64_t k0, k1, g;
-};
+using Segment = WoqSegment;
 
 void find_segments(const WeightView& w, std::vector<Segment>& segs) {
   segs.clear();
@@ -168,6 +165,7 @@ struct Args {
   const float* xs_a;
   const float* xs_b;
   const float* sumx;
+  bool avx512;  // one row of integer codes: woq_decode_row_avx512
 };
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -417,6 +415,13 @@ void decode_rows(const Args& a, int64_t tb, int64_t te, int64_t m0) {
   constexpr int kT = MR == 1 ? (BITS == 3 ? 2 : 4) : MR == 2 ? 2 : 1;
   int64_t t = tb;
   if constexpr (MR == 1 && !kTable && BITS != 3) {
+    if (a.avx512) {  // the same bits, two tiles per instruction (woq_decode_avx512.cpp)
+      const std::vector<Segment>& segs = *a.segs;
+      const int64_t n_segs = static_cast<int64_t>(segs.size());
+      const DecodeRow row{a.w,          a.xs_a + m0 * a.w->K_pad, a.x + m0 * a.ldx, segs.data(), n_segs,
+                          a.sumx + m0 * n_segs, a.bias,            a.y + m0 * a.ldy, a.tile_bytes};
+      t = woq_decode_row_avx512(row, t, te);
+    }
     for (; t + kM1Tiles <= te; t += kM1Tiles) decode_m1_int<BITS>(a, t, m0);
   } else {
     for (; t + kT <= te; t += kT) decode_block<BITS, kTable, MR, kT>(a, t, m0);
@@ -600,7 +605,7 @@ void run(const Args& a, int64_t tb, int64_t te, WoqPath path) {
 }  // namespace
 
 void woq_gemm_avx2_path(const WeightView& w, const float* x, int64_t M, int64_t ldx, const float* bias, float* y,
-                        int64_t ldy, int64_t tile_begin, int64_t tile_end, WoqPath path) {
+                        int64_t ldy, int64_t tile_begin, int64_t tile_end, WoqPath path, bool allow_avx512) {
   if (M <= 0 || tile_begin >= tile_end) return;
   const bool table = w.codebook != Codebook::Int;
   if (table && w.bits != 4) {
@@ -620,6 +625,7 @@ void woq_gemm_avx2_path(const WeightView& w, const float* x, int64_t M, int64_t 
   a.ldy = ldy;
   a.tile_bytes = w.K_pad / k_per_unit(w.bits) * unit_bytes(w.bits);
   a.segs = &segs;
+  a.avx512 = allow_avx512 && cpu_has_avx512();
   if (table) {
     const float* tab = codebook_table(w.codebook);
     a.table = Table{_mm256_loadu_ps(tab), _mm256_loadu_ps(tab + 8)};

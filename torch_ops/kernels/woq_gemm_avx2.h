@@ -24,9 +24,37 @@ constexpr int64_t kWoqBlockedMinM = 12;
 inline WoqPath woq_path_for(int64_t M) { return M >= kWoqBlockedMinM ? WoqPath::Blocked : WoqPath::Decode; }
 
 // woq_gemm_avx2 with an explicit path. Within one path, y[m, n] is computed with a fixed order of operations that
-// depends on neither M nor the tile range, so any split of rows or tiles gives the same bits.
+// depends on neither M nor the tile range, so any split of rows or tiles gives the same bits. allow_avx512 = false
+// keeps the decode path on AVX2 even where cpu_has_avx512() (the same bits: tests compare the two).
 void woq_gemm_avx2_path(const WeightView& w, const float* x, int64_t M, int64_t ldx, const float* bias, float* y,
-                        int64_t ldy, int64_t tile_begin, int64_t tile_end, WoqPath path);
+                        int64_t ldy, int64_t tile_begin, int64_t tile_end, WoqPath path, bool allow_avx512 = true);
+
+// Columns [k0, k1) all belong to group g: the decode path walks a row as such runs ("segments").
+struct WoqSegment {
+  int64_t k0, k1, g;
+};
+
+// One row of x through the decode path for integer codes of 2, 4 or 8 bits, with AVX-512 (woq_decode_avx512.cpp):
+// two tiles per 512-bit register, per output the same operations in the same order as the AVX2 row loop
+// (decode_m1_int in woq_gemm_avx2.cpp), so the same bits. xs is x times the field factors, sumx the sum of x over
+// each segment. Runs tiles [tile_begin, tile_end) two at a time and returns where it stopped (at most one tile
+// is left for the AVX2 loop).
+struct DecodeRow {
+  const WeightView* w;
+  const float* xs;
+  const float* x;
+  const WoqSegment* segs;
+  int64_t n_segs;
+  const float* sumx;
+  const float* bias;  // nullptr: none
+  float* y;           // row of N outputs
+  int64_t tile_bytes;
+};
+int64_t woq_decode_row_avx512(const DecodeRow& r, int64_t tile_begin, int64_t tile_end);
+
+// True when the CPU and OS support AVX-512 F/BW/DQ/VL and cpu_has_avx2_fma(), unless LWQ_NO_AVX512 is set (to time
+// or test the AVX2 kernels on such a CPU).
+bool cpu_has_avx512();
 
 }  // namespace kernels
 }  // namespace lwq

@@ -1,0 +1,147 @@
+// AVX-512 row loop of the weight-only decode path (woq_gemm_avx2.h: woq_decode_row_avx512), for CPUs that have
+// it (chosen at run time; the AVX2 loop stays the reference on others). The AVX2 loop is instruction-bound at M = 1
+// (per 8 weights of a tile: AND, convert, FMA); a 512-bit register holds the same unit of two adjacent tiles, so
+// one instruction does the work of two and four pairs run side by side (8 FMA chains, all in registers).
+// Per output lane the operations and their order are those of decode_m1_int: the results are bit-identical.
+// GCC 12's AVX-512 intrinsics start from _mm512_undefined_*() and trip -Wmaybe-uninitialized in every caller.
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#include <immintrin.h>
+
+#include <algorithm>
+
+#include "woq_gemm_avx2.h"
+
+namespace lwq {
+namespace kernels {
+
+namespace {
+
+// Each tile stream is prefetched this far ahead, and the scale/zero rows of a group for the pair group
+// kScaleAhead steps ahead (their rows are N_pad apart: the hardware prefetchers do not follow them).
+constexpr int64_t kPrefetchBytes = 2048;
+constexpr int64_t kScaleAhead = 2;
+
+constexpr int kpu(int bits) { return 32 / bits; }
+
+// The unit at byte offset `off` of tiles t and t + 1 (tile_bytes apart) as one register: lanes 0-7 and 8-15.
+inline __m512i load_pair(const uint8_t* tile, int64_t tile_bytes, int64_t off) {
+  const __m256i lo = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(tile + off));
+  const __m256i hi = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(tile + tile_bytes + off));
+  return _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+}
+
+// Lanes of rows < N set (row of lane i: 8 * t + i).
+inline __mmask16 row_mask(int64_t N, int64_t t) {
+  const int64_t valid = std::max<int64_t>(0, std::min<int64_t>(16, N - t * kTileN));
+  return static_cast<__mmask16>((1u << valid) - 1u);
+}
+
+// Pairs [t0, t0 + 2P) of tiles: the AVX2 loop of woq_gemm_avx2.cpp (decode_m1_int) with two tiles per register.
+template <int BITS, int P>
+void decode_pairs(const DecodeRow& r, int64_t t0) {
+  constexpr int kKpu = kpu(BITS);
+  constexpr uint32_t kMask = (1u << BITS) - 1u;
+  const WeightView& w = *r.w;
+  const uint8_t* tp = w.qweight + t0 * r.tile_bytes;
+  __m512i masks[kKpu];
+  for (int j = 0; j < kKpu; ++j) masks[j] = _mm512_set1_epi32(static_cast<int>(kMask << (BITS * j)));
+  __m512 yv[P];
+  for (int p = 0; p < P; ++p) {
+    const int64_t t = t0 + 2 * p;
+    yv[p] = r.bias ? _mm512_maskz_loadu_ps(row_mask(w.N, t), r.bias + t * kTileN) : _mm512_setzero_ps();
+  }
+  const int64_t pair_bytes = 2 * r.tile_bytes;
+  for (int64_t si = 0; si < r.n_segs; ++si) {
+    const WoqSegment& s = r.segs[si];
+    __m512 acc[P][2];
+    for (int p = 0; p < P; ++p) acc[p][0] = acc[p][1] = _mm512_setzero_ps();
+    // Columns of a unit cut by a group boundary: plain codes against plain x, column by column.
+    auto cut_columns = [&](int64_t k, int64_t end) {
+      for (; k < end; ++k) {
+        const int64_t u = k / kKpu;
+        const __m512 xb = _mm512_set1_ps(r.x[k]);
+        const __m128i shift = _mm_cvtsi32_si128(static_cast<int>(BITS * (k - u * kKpu)));
+        for (int p = 0; p < P; ++p) {
+          const __m512i v = load_pair(tp + p * pair_bytes, r.tile_bytes, u * 32);
+          const __m512i code = _mm512_and_si512(_mm512_srl_epi32(v, shift), _mm512_set1_epi32(kMask));
+          acc[p][0] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(code), xb, acc[p][0]);
+        }
+      }
+    };
+    const int64_t ua = (s.k0 + kKpu - 1) / kKpu, ub = s.k1 / kKpu;  // whole units [ua, ub)
+    if (ua >= ub) {
+      cut_columns(s.k0, s.k1);
+    } else {
+      if (s.k0 < ua * kKpu) cut_columns(s.k0, ua * kKpu);
+      for (int64_t u = ua; u < ub; ++u) {
+        __m512i v[P];
+        for (int p = 0; p < P; ++p) {
+          const uint8_t* pp = tp + p * pair_bytes + u * 32;
+          if ((u & 1) == 0) {  // one prefetch per 64-byte line of each tile
+            _mm_prefetch(reinterpret_cast<const char*>(pp + kPrefetchBytes), _MM_HINT_T0);
+            _mm_prefetch(reinterpret_cast<const char*>(pp + r.tile_bytes + kPrefetchBytes), _MM_HINT_T0);
+          }
+          v[p] = load_pair(tp + p * pair_bytes, r.tile_bytes, u * 32);
+        }
+        const float* xa = r.xs + u * kKpu;
+        #pragma GCC unroll 16
+        for (int J = 0; J < kKpu; ++J) {
+          const __m512 xb = _mm512_set1_ps(xa[J]);
+          for (int p = 0; p < P; ++p) {
+            // Same value as field_scaled<BITS, J> of the AVX2 file.
+            const __m512i f = J == kKpu - 1 ? _mm512_srli_epi32(v[p], BITS * (kKpu - 1))
+                                            : _mm512_and_si512(v[p], masks[J]);
+            acc[p][J & 1] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(f), xb, acc[p][J & 1]);
+          }
+        }
+      }
+      if (ub * kKpu < s.k1) cut_columns(ub * kKpu, s.k1);
+    }
+    const int64_t ahead = t0 + kScaleAhead * 2 * P;
+    if (ahead < w.N_pad / kTileN) {
+      for (int p = 0; p < P; ++p) {  // 16 floats per pair: one line
+        _mm_prefetch(reinterpret_cast<const char*>(w.scales + s.g * w.N_pad + (ahead + 2 * p) * kTileN), _MM_HINT_T0);
+      }
+      if (w.zeros) _mm_prefetch(reinterpret_cast<const char*>(w.zeros + s.g * w.N_pad + ahead * kTileN), _MM_HINT_T0);
+    }
+    const __m512 sx = _mm512_set1_ps(r.sumx[si]);
+    for (int p = 0; p < P; ++p) {
+      const int64_t off = s.g * w.N_pad + (t0 + 2 * p) * kTileN;  // two tiles: 16 consecutive rows
+      const __m512 sc = _mm512_loadu_ps(w.scales + off);
+      const __m512 zf =
+          w.zeros ? _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(
+                        w.zeros + off))))
+                  : _mm512_set1_ps(static_cast<float>(sym_zero(BITS)));
+      const __m512 sz = _mm512_mul_ps(sc, zf);
+      yv[p] = _mm512_fmadd_ps(sc, _mm512_add_ps(acc[p][0], acc[p][1]), yv[p]);
+      yv[p] = _mm512_fnmadd_ps(sz, sx, yv[p]);
+    }
+  }
+  for (int p = 0; p < P; ++p) {
+    const int64_t t = t0 + 2 * p;
+    _mm512_mask_storeu_ps(r.y + t * kTileN, row_mask(w.N, t), yv[p]);
+  }
+}
+
+template <int BITS>
+int64_t decode_row(const DecodeRow& r, int64_t tb, int64_t te) {
+  constexpr int kPairs = 4;
+  int64_t t = tb;
+  for (; t + 2 * kPairs <= te; t += 2 * kPairs) decode_pairs<BITS, kPairs>(r, t);
+  for (; t + 2 <= te; t += 2) decode_pairs<BITS, 1>(r, t);
+  return t;
+}
+
+}  // namespace
+
+int64_t woq_decode_row_avx512(const DecodeRow& r, int64_t tile_begin, int64_t tile_end) {
+  switch (r.w->bits) {
+    case 8: return decode_row<8>(r, tile_begin, tile_end);
+    case 4: return decode_row<4>(r, tile_begin, tile_end);
+    case 2: return decode_row<2>(r, tile_begin, tile_end);
+    default: return tile_begin;
+  }
+}
+
+}  // namespace kernels
+}  // namespace lwq
