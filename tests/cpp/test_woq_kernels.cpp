@@ -191,41 +191,47 @@ TEST(WoqKernel, Avx2SplitsAreBitIdentical) {
       }
 }
 
-// The AVX-512 row loop (woq_decode_avx512.cpp) performs the AVX2 loop's operations in the same order: the same
-// bits, for every integer width it serves, ragged and cut groups, odd tile counts (a pair group, single pairs
-// and a leftover tile), bias, tile ranges starting on an odd tile, and the last row of a larger M.
-TEST(WoqKernel, Avx512DecodeRowEqualsAvx2BitForBit) {
+// The AVX-512 code (woq_gemm_avx512.cpp) performs the AVX2 code's operations in the same order: the same bits.
+// Decode row loop: every integer width it serves, ragged and cut groups, odd tile counts (a pair group, single
+// pairs and a leftover tile), bias, tile ranges starting on an odd tile, the last row of a larger M. Blocked
+// micro-kernel: every layout, row counts around its 12-row step, several 256-column panels, odd tile counts.
+TEST(WoqKernel, Avx512EqualsAvx2BitForBit) {
   if (!kernels::cpu_has_avx512()) GTEST_SKIP() << "CPU without AVX-512 (or LWQ_NO_AVX512 / LWQ_FORCE_REF set)";
   std::mt19937 rng(512);
-  const std::vector<std::array<int64_t, 3>> shapes = {{1, 7, 13},  {1, 45, 300}, {1, 77, 384}, {5, 136, 100},
-                                                      {1, 16, 1},  {1, 200, 1000}, {3, 24, 64}};
+  const std::vector<std::array<int64_t, 3>> decode_shapes = {{1, 7, 13},  {1, 45, 300},  {1, 77, 384}, {5, 136, 100},
+                                                             {1, 16, 1},  {1, 200, 1000}, {3, 24, 64}};
+  const std::vector<std::array<int64_t, 3>> blocked_shapes = {{12, 16, 300}, {13, 45, 600}, {30, 24, 100},
+                                                              {70, 17, 257}, {1, 8, 40}};
   int64_t cases = 0;
-  for (const Layout& l : kLayouts) {
-    if (l.cb != Codebook::Int || l.bits == 3) continue;  // served by the AVX2 loops only
-    for (int64_t group : kGroups)
-      for (const auto& s : shapes) {
-        const int64_t M = s[0], N = s[1], K = s[2];
-        const RandomWeight rw = make_weight(l.bits, l.cb, l.asym, group, N, K, rng);
-        const WeightView& v = rw.view;
-        const std::vector<float> x = make_x(M, K, v.K_pad, rng);
-        std::vector<float> bias(N);
-        std::normal_distribution<float> d(0.0f, 1.0f);
-        for (auto& b : bias) b = d(rng);
-        const float* bp = (++cases % 2) ? bias.data() : nullptr;
-        const int64_t tiles = v.N_pad / kernels::kTileN, ldy = N + 3;
-        std::vector<float> avx2(M * ldy, 7.0f), avx512(M * ldy, 7.0f), split(M * ldy, 7.0f);
-        kernels::woq_gemm_avx2_path(v, x.data(), M, v.K_pad, bp, avx2.data(), ldy, 0, tiles, WoqPath::Decode,
-                                    /*allow_avx512=*/false);
-        kernels::woq_gemm_avx2_path(v, x.data(), M, v.K_pad, bp, avx512.data(), ldy, 0, tiles, WoqPath::Decode);
-        const int64_t cut = std::min<int64_t>(1, tiles);  // tiles {0}, {1 ..}: the second range starts odd
-        kernels::woq_gemm_avx2_path(v, x.data(), M, v.K_pad, bp, split.data(), ldy, 0, cut, WoqPath::Decode);
-        kernels::woq_gemm_avx2_path(v, x.data(), M, v.K_pad, bp, split.data(), ldy, cut, tiles, WoqPath::Decode);
-        const std::string what = describe(l.bits, l.cb, l.asym, group, M, N, K);
-        EXPECT_EQ(std::memcmp(avx2.data(), avx512.data(), avx2.size() * sizeof(float)), 0) << what;
-        EXPECT_EQ(std::memcmp(avx2.data(), split.data(), avx2.size() * sizeof(float)), 0) << what << " (split)";
-      }
-  }
-  EXPECT_EQ(cases, 6 * 6 * 7);
+  auto compare = [&](const Layout& l, int64_t group, const std::array<int64_t, 3>& s, WoqPath path) {
+    const int64_t M = s[0], N = s[1], K = s[2];
+    const RandomWeight rw = make_weight(l.bits, l.cb, l.asym, group, N, K, rng);
+    const WeightView& v = rw.view;
+    const std::vector<float> x = make_x(M, K, v.K_pad, rng);
+    std::vector<float> bias(N);
+    std::normal_distribution<float> d(0.0f, 1.0f);
+    for (auto& b : bias) b = d(rng);
+    const float* bp = (++cases % 2) ? bias.data() : nullptr;
+    const int64_t tiles = v.N_pad / kernels::kTileN, ldy = N + 3;
+    std::vector<float> avx2(M * ldy, 7.0f), avx512(M * ldy, 7.0f), split(M * ldy, 7.0f);
+    kernels::woq_gemm_avx2_path(v, x.data(), M, v.K_pad, bp, avx2.data(), ldy, 0, tiles, path,
+                                /*allow_avx512=*/false);
+    kernels::woq_gemm_avx2_path(v, x.data(), M, v.K_pad, bp, avx512.data(), ldy, 0, tiles, path);
+    const int64_t cut = std::min<int64_t>(1, tiles);  // tiles {0}, {1 ..}: the second range starts odd
+    kernels::woq_gemm_avx2_path(v, x.data(), M, v.K_pad, bp, split.data(), ldy, 0, cut, path);
+    kernels::woq_gemm_avx2_path(v, x.data(), M, v.K_pad, bp, split.data(), ldy, cut, tiles, path);
+    const std::string what = describe(l.bits, l.cb, l.asym, group, M, N, K) + " path " +
+                             std::to_string(static_cast<int>(path));
+    EXPECT_EQ(std::memcmp(avx2.data(), avx512.data(), avx2.size() * sizeof(float)), 0) << what;
+    EXPECT_EQ(std::memcmp(avx2.data(), split.data(), avx2.size() * sizeof(float)), 0) << what << " (split)";
+  };
+  for (const Layout& l : kLayouts)
+    for (int64_t group : kGroups) {
+      if (l.cb == Codebook::Int && l.bits != 3)  // the decode row loop serves these
+        for (const auto& s : decode_shapes) compare(l, group, s, WoqPath::Decode);
+      for (const auto& s : blocked_shapes) compare(l, group, s, WoqPath::Blocked);
+    }
+  EXPECT_EQ(cases, 6 * 6 * 7 + 10 * 6 * 5);
 }
 
 // --- Through the op ---------------------------------------------------------------------------------------------

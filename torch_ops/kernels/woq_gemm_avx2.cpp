@@ -415,7 +415,7 @@ void decode_rows(const Args& a, int64_t tb, int64_t te, int64_t m0) {
   constexpr int kT = MR == 1 ? (BITS == 3 ? 2 : 4) : MR == 2 ? 2 : 1;
   int64_t t = tb;
   if constexpr (MR == 1 && !kTable && BITS != 3) {
-    if (a.avx512) {  // the same bits, two tiles per instruction (woq_decode_avx512.cpp)
+    if (a.avx512) {  // the same bits, two tiles per instruction (woq_gemm_avx512.cpp)
       const std::vector<Segment>& segs = *a.segs;
       const int64_t n_segs = static_cast<int64_t>(segs.size());
       const DecodeRow row{a.w,          a.xs_a + m0 * a.w->K_pad, a.x + m0 * a.ldx, segs.data(), n_segs,
@@ -580,6 +580,13 @@ void blocked_path(const Args& a, int64_t tb, int64_t te) {
         const __m256i mask[2] = {lane_mask(valid0), lane_mask(valid1)};
         const bool full = nt == 2 ? valid1 == kTileN : valid0 == kTileN;
         const float* bias = a.bias ? a.bias + p * kTileN : nullptr;
+        if (a.avx512 && nt == 2) {  // the same bits, 12 rows x 16 columns per step (woq_gemm_avx512.cpp)
+          for (int64_t m0 = mc0; m0 < mc_end; m0 += 12)
+            woq_micro_avx512(static_cast<int>(std::min<int64_t>(12, mc_end - m0)), a.x + m0 * a.ldx + kc0, a.ldx,
+                             buf, kc, a.y + m0 * a.ldy + p * kTileN, a.ldy, bias, kc0 == 0,
+                             static_cast<int>(valid0 + valid1));
+          continue;
+        }
         for (int64_t m0 = mc0; m0 < mc_end; m0 += 6) {
           const int mr = static_cast<int>(std::min<int64_t>(6, mc_end - m0));
           const float* xp = a.x + m0 * a.ldx + kc0;

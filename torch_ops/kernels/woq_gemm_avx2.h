@@ -34,7 +34,7 @@ struct WoqSegment {
   int64_t k0, k1, g;
 };
 
-// One row of x through the decode path for integer codes of 2, 4 or 8 bits, with AVX-512 (woq_decode_avx512.cpp):
+// One row of x through the decode path for integer codes of 2, 4 or 8 bits, with AVX-512 (woq_gemm_avx512.cpp):
 // two tiles per 512-bit register, per output the same operations in the same order as the AVX2 row loop
 // (decode_m1_int in woq_gemm_avx2.cpp), so the same bits. xs is x times the field factors, sumx the sum of x over
 // each segment. Runs tiles [tile_begin, tile_end) two at a time and returns where it stopped (at most one tile
@@ -51,6 +51,12 @@ struct DecodeRow {
   int64_t tile_bytes;
 };
 int64_t woq_decode_row_avx512(const DecodeRow& r, int64_t tile_begin, int64_t tile_end);
+
+// The blocked path's micro-kernel on AVX-512 (woq_gemm_avx512.cpp): y[mr rows, 16 columns] (+)= x[mr rows, kc] *
+// panel, for a panel of two tiles (buf: kc rows of 16 floats, 64-byte aligned), mr <= 12; the first column block
+// starts from the bias, the others from y. Only columns < valid_cols are read from bias and y or written.
+void woq_micro_avx512(int mr, const float* x, int64_t ldx, const float* buf, int64_t kc, float* y, int64_t ldy,
+                      const float* bias, bool first, int valid_cols);
 
 // True when the CPU and OS support AVX-512 F/BW/DQ/VL and cpu_has_avx2_fma(), unless LWQ_NO_AVX512 is set (to time
 // or test the AVX2 kernels on such a CPU).

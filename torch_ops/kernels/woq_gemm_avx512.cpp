@@ -1,8 +1,11 @@
-// AVX-512 row loop of the weight-only decode path (woq_gemm_avx2.h: woq_decode_row_avx512), for CPUs that have
-// it (chosen at run time; the AVX2 loop stays the reference on others). The AVX2 loop is instruction-bound at M = 1
-// (per 8 weights of a tile: AND, convert, FMA); a 512-bit register holds the same unit of two adjacent tiles, so
-// one instruction does the work of two and four pairs run side by side (8 FMA chains, all in registers).
-// Per output lane the operations and their order are those of decode_m1_int: the results are bit-identical.
+// AVX-512 pieces of the weight-only GEMM (woq_gemm_avx2.h), for CPUs that have it (chosen at run time; the AVX2
+// code stays the reference on others). Per output lane both perform the operations of their AVX2 twins in the
+// same order, so the results are bit-identical.
+// - woq_decode_row_avx512, the decode path's row loop: instruction-bound at M = 1 on AVX2 (per 8 weights of a
+//   tile: AND, convert, FMA); a 512-bit register holds the same unit of two adjacent tiles, so one instruction
+//   does the work of two, and four pairs run side by side (8 FMA chains, all in registers).
+// - woq_micro_avx512, the blocked path's micro-kernel: a panel of 16 columns is one register, so 12 rows of x
+//   take 12 accumulators (the AVX2 kernel: 6 rows x 2 registers).
 // GCC 12's AVX-512 intrinsics start from _mm512_undefined_*() and trip -Wmaybe-uninitialized in every caller.
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <immintrin.h>
@@ -132,7 +135,40 @@ int64_t decode_row(const DecodeRow& r, int64_t tb, int64_t te) {
   return t;
 }
 
+template <int MR>
+void micro(const float* x, int64_t ldx, const float* buf, int64_t kc, float* y, int64_t ldy, const float* bias,
+           bool first, __mmask16 mask) {
+  __m512 acc[MR];
+  const __m512 b0 = first && bias ? _mm512_maskz_loadu_ps(mask, bias) : _mm512_setzero_ps();
+  for (int r = 0; r < MR; ++r) acc[r] = first ? b0 : _mm512_maskz_loadu_ps(mask, y + r * ldy);
+  for (int64_t k = 0; k < kc; ++k) {
+    const __m512 wv = _mm512_load_ps(buf + k * 16);
+    #pragma GCC unroll 12
+    for (int r = 0; r < MR; ++r) acc[r] = _mm512_fmadd_ps(wv, _mm512_set1_ps(x[r * ldx + k]), acc[r]);
+  }
+  for (int r = 0; r < MR; ++r) _mm512_mask_storeu_ps(y + r * ldy, mask, acc[r]);
+}
+
 }  // namespace
+
+void woq_micro_avx512(int mr, const float* x, int64_t ldx, const float* buf, int64_t kc, float* y, int64_t ldy,
+                      const float* bias, bool first, int valid_cols) {
+  const __mmask16 mask = static_cast<__mmask16>((1u << valid_cols) - 1u);
+  switch (mr) {
+    case 12: micro<12>(x, ldx, buf, kc, y, ldy, bias, first, mask); break;
+    case 11: micro<11>(x, ldx, buf, kc, y, ldy, bias, first, mask); break;
+    case 10: micro<10>(x, ldx, buf, kc, y, ldy, bias, first, mask); break;
+    case 9: micro<9>(x, ldx, buf, kc, y, ldy, bias, first, mask); break;
+    case 8: micro<8>(x, ldx, buf, kc, y, ldy, bias, first, mask); break;
+    case 7: micro<7>(x, ldx, buf, kc, y, ldy, bias, first, mask); break;
+    case 6: micro<6>(x, ldx, buf, kc, y, ldy, bias, first, mask); break;
+    case 5: micro<5>(x, ldx, buf, kc, y, ldy, bias, first, mask); break;
+    case 4: micro<4>(x, ldx, buf, kc, y, ldy, bias, first, mask); break;
+    case 3: micro<3>(x, ldx, buf, kc, y, ldy, bias, first, mask); break;
+    case 2: micro<2>(x, ldx, buf, kc, y, ldy, bias, first, mask); break;
+    default: micro<1>(x, ldx, buf, kc, y, ldy, bias, first, mask); break;
+  }
+}
 
 int64_t woq_decode_row_avx512(const DecodeRow& r, int64_t tile_begin, int64_t tile_end) {
   switch (r.w->bits) {
