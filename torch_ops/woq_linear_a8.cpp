@@ -50,7 +50,6 @@ at::Tensor woq_linear_a8(const at::Tensor& x, const PackedWeightPtr& w, const c1
 
   const float* bd = b.defined() ? b.data_ptr<float>() : nullptr;
   float* yd = y.data_ptr<float>();
-  const auto gemm = avx2 ? kernels::woq_a8_gemm_avx2 : kernels::woq_a8_gemm_ref;
   // Work items are (row chunk, tile) pairs, row-chunk major; rows are cut only when there are too few tiles to
   // keep every thread busy.
   const int64_t n_tiles = v.N_pad / kernels::kTileN;
@@ -65,7 +64,10 @@ at::Tensor woq_linear_a8(const at::Tensor& x, const PackedWeightPtr& w, const c1
       const int64_t t1 = std::min(n_tiles, t0 + (i1 - i));
       const int64_t m0 = chunk * m_chunk, rows = std::min(m_chunk, M - m0);
       const kernels::A8Acts acts{xqd + m0 * v.K_pad, dd + m0 * n_blocks, sd + m0 * n_blocks};
-      gemm(v, blocks, acts, rows, bd, yd + m0 * v.N, v.N, t0, t1);
+      if (avx2)
+        kernels::woq_a8_gemm_avx2(v, blocks, acts, rows, bd, yd + m0 * v.N, v.N, t0, t1);
+      else
+        kernels::woq_a8_gemm_ref(v, blocks, acts, rows, bd, yd + m0 * v.N, v.N, t0, t1);
       i += t1 - t0;
     }
   });

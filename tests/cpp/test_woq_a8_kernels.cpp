@@ -184,7 +184,7 @@ TEST(WoqA8Kernel, Avx2EqualsReferenceBitForBitOnAwkwardShapes) {
   if (!kernels::cpu_has_avx2_fma()) GTEST_SKIP() << "CPU without AVX2/FMA (or LWQ_FORCE_REF set)";
   std::mt19937 rng(20261130);
   // (M, N, K): M in {1, 2, 3, 7, 64, 300}, odd N, K below and not a multiple of the group sizes; M = 1 with K a
-  // multiple of 32 and 10 or 13 tiles takes the 4-bit GEMV loop (groups of 4 tiles, then single tiles).
+  // multiple of 32 and 10 or 13 tiles takes the 4-bit GEMV loops (groups of 4 tiles, then pairs, then one tile).
   const std::vector<std::array<int64_t, 3>> shapes = {{1, 7, 13},    {2, 13, 100}, {3, 33, 172},  {7, 1, 257},
                                                       {1, 16, 1},    {1, 45, 300}, {64, 13, 257}, {300, 7, 100},
                                                       {5, 24, 1000}, {1, 77, 384}, {1, 104, 96}};
@@ -209,8 +209,12 @@ TEST(WoqA8Kernel, Avx2EqualsReferenceBitForBitOnAwkwardShapes) {
           const int64_t ldy = N + 3;  // columns N.. hold a sentinel that must survive
           const float kSentinel = 12345.0f;
           std::vector<float> ref(M * ldy, kSentinel), got(M * ldy, kSentinel), split(M * ldy, kSentinel);
+          std::vector<float> avx2_only(M * ldy, kSentinel);
           kernels::woq_a8_gemm_ref(v, blocks, a.view(0, v.K_pad, nb), M, bp, ref.data(), ldy, 0, tiles);
+          // Where the CPU has AVX-512 VNNI the M = 1 4-bit loop runs there; allow_avx512 = false keeps it on AVX2.
           kernels::woq_a8_gemm_avx2(v, blocks, a.view(0, v.K_pad, nb), M, bp, got.data(), ldy, 0, tiles);
+          kernels::woq_a8_gemm_avx2(v, blocks, a.view(0, v.K_pad, nb), M, bp, avx2_only.data(), ldy, 0, tiles,
+                                    /*allow_avx512=*/false);
           // Rows {0}, {1 .. M/2}, {M/2 + 1 ..}; tiles {0}, {1 ..}.
           const int64_t row_cuts[] = {0, std::min<int64_t>(1, M), std::max<int64_t>(std::min<int64_t>(1, M), M / 2 + 1), M};
           const int64_t tile_cuts[] = {0, std::min<int64_t>(1, tiles), tiles};
@@ -223,6 +227,7 @@ TEST(WoqA8Kernel, Avx2EqualsReferenceBitForBitOnAwkwardShapes) {
             }
           const std::string what = describe(bits, asym, group, M, N, K);
           EXPECT_EQ(std::memcmp(ref.data(), got.data(), ref.size() * sizeof(float)), 0) << what;
+          EXPECT_EQ(std::memcmp(ref.data(), avx2_only.data(), ref.size() * sizeof(float)), 0) << what << " (AVX2)";
           EXPECT_EQ(std::memcmp(ref.data(), split.data(), ref.size() * sizeof(float)), 0) << what << " (split)";
           for (int64_t m = 0; m < M; ++m)
             for (int64_t n = N; n < ldy; ++n) ASSERT_EQ(got[m * ldy + n], kSentinel) << what << ": wrote past N";

@@ -1,6 +1,7 @@
 // Runtime CPU feature checks: AVX2 (and AVX-VNNI, AVX-512) kernels are compiled into every build and chosen only
 // where they can run.
 #include "format.h"
+#include "woq_a8.h"
 #include "woq_gemm_avx2.h"
 
 #include <cstdlib>
@@ -36,6 +37,11 @@ bool cpu_has_avx512() {
     return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
            __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl");
   }();
+  return ok;
+}
+
+bool cpu_has_avx512_vnni() {
+  static const bool ok = cpu_has_avx512() && __builtin_cpu_supports("avx512vnni");
   return ok;
 }
 
