@@ -31,9 +31,10 @@ def _check_compute(compute: str, dtype: str) -> None:
 
 class QuantLinear(torch.nn.Module):
     """y = x @ W.T + bias with W held as an lwq PackedWeight. compute="fp32" calls torch.ops.lwq.woq_linear (exact);
-    compute="int8" calls torch.ops.lwq.woq_linear_a8, which rounds x to int8 per 32 columns (about twice as fast at
-    batch 1; int8/int4/int4_fullrange weights). Scriptable: the packed weight is saved inside the TorchScript
-    archive, which loads wherever liblwq_ops.so is loaded."""
+    compute="int8" calls torch.ops.lwq.woq_linear_a8, which rounds x to int8 per 32 columns (faster at batch 1:
+    about 2x on AVX2-only CPUs, less where AVX-512 already speeds up the exact path; int8/int4/int4_fullrange
+    weights). Scriptable: the packed weight is saved inside the TorchScript archive, which loads wherever
+    liblwq_ops.so is loaded."""
 
     def __init__(self, packed, bias: Optional[torch.Tensor] = None, compute: str = "fp32"):
         super().__init__()
