@@ -5,13 +5,10 @@
 // where AVX2 needs, per tile, 3 decode ops, 2 `maddubs` and 2 adds. The block sums are the same exact integers,
 // and the fp32 steps (zero-point correction, d * I, scale * acc) are the AVX2 loop's, so the bits are the same.
 #pragma GCC target("avx512vnni")
-// GCC 12's AVX-512 intrinsics start from _mm512_undefined_*() and trip -Wmaybe-uninitialized in every caller.
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#include <immintrin.h>
-
 #include <algorithm>
 #include <cstring>
 
+#include "avx512_common.h"
 #include "woq_a8.h"
 
 namespace lwq {
@@ -19,27 +16,16 @@ namespace kernels {
 
 namespace {
 
-// As in woq_a8_avx2.cpp: each tile stream 2 KiB ahead, the scale/zero rows of a group for the pair group
-// kScaleAhead steps ahead.
-constexpr int64_t kPrefetchBytes = 2048;
-constexpr int64_t kScaleAhead = 2;
+using avx512::kPrefetchBytes;
+using avx512::kScaleAhead;
+using avx512::load_pair;
+using avx512::row_mask;
 
-inline __m512i load_pair(const uint8_t* tile, int64_t tile_bytes) {
-  const __m256i lo = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(tile));
-  const __m256i hi = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(tile + tile_bytes));
-  return _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
-}
 
 inline __m512i broadcast4(const int8_t* p) {
   int32_t v;
   std::memcpy(&v, p, 4);
   return _mm512_set1_epi32(v);
-}
-
-// Lanes of rows < N set (row of lane i: 8 * t + i).
-inline __mmask16 row_mask(int64_t N, int64_t t) {
-  const int64_t valid = std::max<int64_t>(0, std::min<int64_t>(16, N - t * kTileN));
-  return static_cast<__mmask16>((1u << valid) - 1u);
 }
 
 // Tiles [t0, t0 + 2P): P pairs side by side.

@@ -6,12 +6,9 @@
 //   does the work of two, and four pairs run side by side (8 FMA chains, all in registers).
 // - woq_micro_avx512, the blocked path's micro-kernel: a panel of 16 columns is one register, so 12 rows of x
 //   take 12 accumulators (the AVX2 kernel: 6 rows x 2 registers).
-// GCC 12's AVX-512 intrinsics start from _mm512_undefined_*() and trip -Wmaybe-uninitialized in every caller.
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#include <immintrin.h>
-
 #include <algorithm>
 
+#include "avx512_common.h"
 #include "woq_gemm_avx2.h"
 
 namespace lwq {
@@ -19,25 +16,13 @@ namespace kernels {
 
 namespace {
 
-// Each tile stream is prefetched this far ahead, and the scale/zero rows of a group for the pair group
-// kScaleAhead steps ahead (their rows are N_pad apart: the hardware prefetchers do not follow them).
-constexpr int64_t kPrefetchBytes = 2048;
-constexpr int64_t kScaleAhead = 2;
+using avx512::kPrefetchBytes;
+using avx512::kScaleAhead;
+using avx512::load_pair;
+using avx512::row_mask;
+
 
 constexpr int kpu(int bits) { return 32 / bits; }
-
-// The unit at byte offset `off` of tiles t and t + 1 (tile_bytes apart) as one register: lanes 0-7 and 8-15.
-inline __m512i load_pair(const uint8_t* tile, int64_t tile_bytes, int64_t off) {
-  const __m256i lo = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(tile + off));
-  const __m256i hi = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(tile + tile_bytes + off));
-  return _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
-}
-
-// Lanes of rows < N set (row of lane i: 8 * t + i).
-inline __mmask16 row_mask(int64_t N, int64_t t) {
-  const int64_t valid = std::max<int64_t>(0, std::min<int64_t>(16, N - t * kTileN));
-  return static_cast<__mmask16>((1u << valid) - 1u);
-}
 
 // Pairs [t0, t0 + 2P) of tiles: the AVX2 loop of woq_gemm_avx2.cpp (decode_m1_int) with two tiles per register.
 template <int BITS, int P>
@@ -65,7 +50,7 @@ void decode_pairs(const DecodeRow& r, int64_t t0) {
         const __m512 xb = _mm512_set1_ps(r.x[k]);
         const __m128i shift = _mm_cvtsi32_si128(static_cast<int>(BITS * (k - u * kKpu)));
         for (int p = 0; p < P; ++p) {
-          const __m512i v = load_pair(tp + p * pair_bytes, r.tile_bytes, u * 32);
+          const __m512i v = load_pair(tp + p * pair_bytes + u * 32, r.tile_bytes);
           const __m512i code = _mm512_and_si512(_mm512_srl_epi32(v, shift), _mm512_set1_epi32(kMask));
           acc[p][0] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(code), xb, acc[p][0]);
         }
@@ -84,7 +69,7 @@ void decode_pairs(const DecodeRow& r, int64_t t0) {
             _mm_prefetch(reinterpret_cast<const char*>(pp + kPrefetchBytes), _MM_HINT_T0);
             _mm_prefetch(reinterpret_cast<const char*>(pp + r.tile_bytes + kPrefetchBytes), _MM_HINT_T0);
           }
-          v[p] = load_pair(tp + p * pair_bytes, r.tile_bytes, u * 32);
+          v[p] = load_pair(tp + p * pair_bytes + u * 32, r.tile_bytes);
         }
         const float* xa = r.xs + u * kKpu;
         #pragma GCC unroll 16
