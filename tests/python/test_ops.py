@@ -104,3 +104,40 @@ def test_bad_input_errors_name_the_problem(lwq_ops, call, message):
     with pytest.raises(RuntimeError) as err:
         call(lwq_ops, torch.randn(8, 64) * 2)
     assert message in str(err.value)
+
+
+_ISA_OUTPUTS = r"""
+import sys, torch
+torch.ops.load_library(sys.argv[1])
+torch.manual_seed(7)
+out = {}
+for dtype in ["int8", "int4", "int2", "int4_fullrange"]:
+    for group in [-1, 32, 20]:
+        for sym in [True] if dtype == "int4_fullrange" else [True, False]:
+            for n, k, m in [(77, 384, 1), (136, 100, 5), (45, 300, 1), (24, 600, 13), (16, 512, 70)]:
+                w, b = torch.randn(n, k), torch.randn(n)
+                x = torch.randn(m, k)
+                p = torch.ops.lwq.quantize_weight(w, dtype, group, sym)
+                for threads in [1, 2]:
+                    torch.set_num_threads(threads)
+                    key = f"{dtype} g{group} sym{sym} {n}x{k} M{m} T{threads}"
+                    out[key] = torch.ops.lwq.woq_linear(x, p, b)
+                    if dtype in ("int8", "int4", "int4_fullrange"):
+                        out[key + " a8"] = torch.ops.lwq.woq_linear_a8(x, p, b)
+torch.save(out, sys.argv[2])
+"""
+
+
+def test_avx512_and_avx2_kernels_give_the_same_bits_through_the_ops(tmp_path):
+    """The AVX-512 loops (decode row, blocked micro-kernel, a8 GEMV) against the AVX2 ones (LWQ_NO_AVX512=1), through
+    the ops at 1 and 2 threads: the same bits. On a CPU without AVX-512 both runs take the AVX2 path."""
+    import os
+    outs = []
+    for env in ({}, {"LWQ_NO_AVX512": "1"}):
+        path = tmp_path / f"out{len(outs)}.pt"
+        subprocess.run([sys.executable, "-c", _ISA_OUTPUTS, str(OPS_LIB), str(path)], check=True, timeout=300,
+                       env={**os.environ, **env})
+        outs.append(torch.load(path))
+    assert outs[0].keys() == outs[1].keys() and len(outs[0]) == 7 * 3 * 5 * 2 + 5 * 3 * 5 * 2
+    for key in outs[0]:
+        assert torch.equal(outs[0][key], outs[1][key]), key
