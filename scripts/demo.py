@@ -41,6 +41,7 @@ GROUP = ["--dtype", "int4", "--group-size", "32", "--asym"]
 # (label, file stem, lwq quantize options, calibrated)
 METHODS = [
     ("RTN int4 g32 asym", "rtn", ["--algo", "rtn", *GROUP], False),
+    ("RTN int4 g32 asym, int8 act.", "rtn_a8", ["--algo", "rtn", *GROUP, "--compute", "int8"], False),
     ("GPTQ int4 g32 asym", "gptq", ["--algo", "gptq", *GROUP], True),
     ("AWQ int4 g32 asym", "awq", ["--algo", "awq", *GROUP], True),
     ("W8A8 int8 SQ 0.5", "w8a8", ["--algo", "w8a8", "--dtype", "int8", "--group-size", "-1", "--smoothquant", "0.5"],
@@ -185,12 +186,12 @@ def python_greedy(archive: str, prompt_ids: List[int], n_tokens: int) -> List[in
 
 def format_table(rows: List[Dict]) -> str:
     fp32 = rows[0]
-    header = (f"{'format':<20} {'archive bytes':>13} {'linear bytes':>12} {'vs fp32':>7} {'NLL':>7} {'dNLL':>8} "
+    header = (f"{'format':<28} {'archive bytes':>13} {'linear bytes':>12} {'vs fp32':>7} {'NLL':>7} {'dNLL':>8} "
               f"{'quant s':>7} {'tok/s':>6} {'vs fp32':>7}")
     lines = [header, "-" * len(header)]
     for r in rows:
         quant = f"{r['seconds']:.1f}" if r["seconds"] is not None else "-"
-        lines.append(f"{r['label']:<20} {r['archive']:>13,} {r['linear']:>12,} {r['linear'] / fp32['linear']:>6.3f}x "
+        lines.append(f"{r['label']:<28} {r['archive']:>13,} {r['linear']:>12,} {r['linear'] / fp32['linear']:>6.3f}x "
                      f"{r['nll']:>7.4f} {r['nll'] - fp32['nll']:>+8.4f} {quant:>7} {r['tps']:>6.0f} "
                      f"{r['tps'] / fp32['tps']:>6.2f}x")
     return "\n".join(lines)
