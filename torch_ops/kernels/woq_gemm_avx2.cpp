@@ -14,6 +14,8 @@
 // Both paths handle any grouping: columns are walked as runs of one group ("segments"); whole units inside a
 // segment take the unrolled code, units cut by a group boundary fall back to per-column decoding.
 // Every output is summed in an order fixed by (path, K, grouping): neither M nor the tile range changes its bits.
+// Where the CPU has AVX-512, the M = 1 row loop and the micro-kernel hand over to their twins in
+// woq_gemm_avx512.cpp, which perform the same operations per output (same bits, tested).
 #include "woq_gemm_avx2.h"
 
 #include <immintrin.h>
