@@ -9,10 +9,19 @@
 namespace lwq {
 namespace kernels {
 
+namespace {
+
+// True when the environment variable is set to anything but "" or "0".
+bool env_set(const char* name) {
+  const char* v = std::getenv(name);
+  return v && *v && *v != '0';
+}
+
+}  // namespace
+
 bool cpu_has_avx2_fma() {
   static const bool ok = [] {
-    const char* force_ref = std::getenv("LWQ_FORCE_REF");
-    if (force_ref && *force_ref && *force_ref != '0') return false;
+    if (env_set("LWQ_FORCE_REF")) return false;
     __builtin_cpu_init();
     return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
   }();
@@ -20,23 +29,16 @@ bool cpu_has_avx2_fma() {
 }
 
 bool cpu_has_avx_vnni() {
-  static const bool ok = [] {
-    if (!cpu_has_avx2_fma()) return false;
-    const char* no_vnni = std::getenv("LWQ_NO_VNNI");
-    if (no_vnni && *no_vnni && *no_vnni != '0') return false;
-    return __builtin_cpu_supports("avxvnni") != 0;
-  }();
+  static const bool ok =
+      cpu_has_avx2_fma() && !env_set("LWQ_NO_VNNI") && __builtin_cpu_supports("avxvnni") != 0;
   return ok;
 }
 
+// __builtin_cpu_supports also checks that the OS saves the 512-bit state (XCR0).
 bool cpu_has_avx512() {
-  static const bool ok = [] {
-    if (!cpu_has_avx2_fma()) return false;
-    const char* no = std::getenv("LWQ_NO_AVX512");
-    if (no && *no && *no != '0') return false;
-    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-           __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl");
-  }();
+  static const bool ok = cpu_has_avx2_fma() && !env_set("LWQ_NO_AVX512") && __builtin_cpu_supports("avx512f") &&
+                         __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq") &&
+                         __builtin_cpu_supports("avx512vl");
   return ok;
 }
 
