@@ -5,7 +5,6 @@
 // where AVX2 needs, per tile, 3 decode ops, 2 `maddubs` and 2 adds. The block sums are the same exact integers,
 // and the fp32 steps (zero-point correction, d * I, scale * acc) are the AVX2 loop's, so the bits are the same.
 #pragma GCC target("avx512vnni")
-#include <algorithm>
 #include <cstring>
 
 #include "avx512_common.h"

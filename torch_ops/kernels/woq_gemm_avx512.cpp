@@ -6,7 +6,6 @@
 //   does the work of two, and four pairs run side by side (8 FMA chains, all in registers).
 // - woq_micro_avx512, the blocked path's micro-kernel: a panel of 16 columns is one register, so 12 rows of x
 //   take 12 accumulators (the AVX2 kernel: 6 rows x 2 registers).
-#include <algorithm>
 
 #include "avx512_common.h"
 #include "woq_gemm_avx2.h"
