@@ -11,6 +11,9 @@
 #include <memory>
 #include <set>
 
+#include "lwq/io/json.h"
+#include "lwq/io/module_file.h"
+#include "lwq/io/output_path.h"
 #include "lwq/model/surgery.h"
 
 namespace lwq {
@@ -35,12 +38,6 @@ std::string join(const std::string& a, const std::string& b) { return a.empty() 
 // "<module>.<attribute>" (a module may call aten::linear on several of its tensors).
 std::string layer_prefix(const std::string& module_name, const std::string& weight_attr) {
   return weight_attr == "weight" ? module_name : join(module_name, weight_attr);
-}
-
-bool same_file(const std::string& a, const std::string& b) {
-  std::error_code ec;
-  if (fs::exists(a, ec) && fs::exists(b, ec)) return fs::equivalent(a, b, ec);
-  return fs::weakly_canonical(a, ec) == fs::weakly_canonical(b, ec);
 }
 
 torch::jit::Module load_archive(const std::string& path, const char* what) {
@@ -268,7 +265,7 @@ json read_json_file(const std::string& path) {
   std::ifstream in(path);
   TORCH_CHECK(in.good(), "import: cannot open ", path);
   try {
-    return json::parse(in);
+    return io::parse_json("import: " + path, in);
   } catch (const json::parse_error& e) {
     TORCH_CHECK(false, "import: ", path, " is not valid JSON: ", e.what());
   }
@@ -346,7 +343,7 @@ std::map<std::string, PlainLayerInfo> read_plain_metadata(const std::string& pat
   TORCH_CHECK(layers != meta.end(), "import: ", path, " has no \"", kPlainLayersKey, "\" metadata");
   json j;
   try {
-    j = json::parse(layers->second);
+    j = io::parse_json("import: " + path + ": \"" + kPlainLayersKey + "\"", layers->second);
   } catch (const json::parse_error& e) {
     TORCH_CHECK(false, "import: ", path, ": \"", kPlainLayersKey, "\" is not valid JSON: ", e.what());
   }
@@ -378,9 +375,12 @@ CheckpointFormat parse_checkpoint_format(const std::string& name) {
 
 ExportResult export_checkpoint(const ExportConfig& config) {
   const at::NoGradGuard no_grad;
-  TORCH_CHECK(!config.out_path.empty(), "export: no output path given");
-  TORCH_CHECK(!same_file(config.out_path, config.model_path), "export: the output ", config.out_path,
-              " is the input model; write to a new path");
+  const std::vector<io::NamedInput> inputs = {{"model", config.model_path}};
+  if (config.format == CheckpointFormat::Gptq) {
+    io::check_output_dir("export", "directory", config.out_path, {kGptqWeightsFile, kGptqConfigFile}, inputs);
+  } else {
+    io::check_output_file("export", "file", config.out_path, inputs);
+  }
   const torch::jit::Module module = load_archive(config.model_path, "export");
   const std::vector<PackedLayer> layers = packed_layers(module, config.model_path);
   return config.format == CheckpointFormat::Gptq ? export_gptq(config, module, layers)
@@ -389,13 +389,10 @@ ExportResult export_checkpoint(const ExportConfig& config) {
 
 ImportResult import_checkpoint(const ImportConfig& config) {
   const at::NoGradGuard no_grad;
-  TORCH_CHECK(!config.out_path.empty(), "import: no output path given");
   TORCH_CHECK(fs::exists(config.checkpoint_path), "import: checkpoint ", config.checkpoint_path,
               ": no such file or directory");
-  for (const std::string& input : {config.model_path, config.checkpoint_path}) {
-    TORCH_CHECK(!same_file(config.out_path, input), "import: the output ", config.out_path,
-                " is an input; write the model to a new path");
-  }
+  io::check_output_file("import", "--out", config.out_path,
+                        {{"--model", config.model_path}, {"checkpoint", config.checkpoint_path}});
   torch::jit::Module module = load_archive(config.model_path, "import");
   TORCH_CHECK(!model::is_quantized(module), "import: the model ", config.model_path,
               " already holds packed weights; give the float model");
@@ -521,7 +518,7 @@ ImportResult import_checkpoint(const ImportConfig& config) {
     if (!used.count(name)) result.unused.push_back(name);
 
   model::install_packed_weights(module, layers, packed);
-  io::atomic_write(config.out_path, [&](const std::string& tmp) { module.save(tmp); });
+  io::atomic_write(config.out_path, [&](const std::string& tmp) { io::save_module(module, tmp); });
   return result;
 }
 

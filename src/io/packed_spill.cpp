@@ -6,6 +6,7 @@
 
 #include <atomic>
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <map>
@@ -24,11 +25,10 @@ struct PackedSpill::Mappings {
 };
 
 PackedSpill::PackedSpill(const std::string& near) : mappings_(std::make_shared<Mappings>()) {
-  static std::atomic<uint64_t> counter{0};
   std::string dir = std::filesystem::path(near).parent_path().string();
   if (dir.empty()) dir = ".";
-  path_ = dir + "/.lwq-spill." + std::to_string(::getpid()) + "." + std::to_string(counter++);
-  fd_ = ::open(path_.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+  path_ = dir + "/.lwq-spill.XXXXXX";
+  fd_ = ::mkostemp(path_.data(), O_CLOEXEC);  // a random name, created exclusively (O_EXCL), mode 0600
   TORCH_CHECK(fd_ >= 0, "cannot create the spill file ", path_, " for packed weights: ", std::strerror(errno));
   ::unlink(path_.c_str());  // nothing is left behind, whatever happens to the process
 }

@@ -14,6 +14,8 @@
 #include <limits>
 #include <nlohmann/json.hpp>
 
+#include "lwq/io/json.h"
+
 // The data section is mapped and copied as is: its byte order must be the host's.
 static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "safetensors data is little-endian; this host is not");
 
@@ -147,7 +149,7 @@ std::shared_ptr<SafetensorsFile> SafetensorsFile::open(const std::string& path) 
   json header;
   try {
     const auto* text = reinterpret_cast<const char*>(bytes + 8);
-    header = json::parse(text, text + header_size);
+    header = parse_json(where + ": header", text, text + header_size);
   } catch (const json::parse_error& e) {
     TORCH_CHECK(false, where, ": header is not valid JSON: ", e.what());
   }

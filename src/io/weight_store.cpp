@@ -6,6 +6,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "lwq/io/json.h"
 #include "lwq/io/safetensors.h"
 
 namespace lwq {
@@ -31,7 +32,7 @@ Entries read_index(const fs::path& index) {
   TORCH_CHECK(in.good(), where, ": cannot open");
   json j;
   try {
-    j = json::parse(in);
+    j = parse_json(where, in);
   } catch (const json::parse_error& e) {
     TORCH_CHECK(false, where, ": not valid JSON: ", e.what());
   }

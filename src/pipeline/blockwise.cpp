@@ -11,7 +11,10 @@
 #include <torch/serialize.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <chrono>
+#include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <iterator>
@@ -109,9 +112,13 @@ class ActivationCache {
   ActivationCache(std::vector<Args> args, const std::string& offload_dir) : args_(std::move(args)) {
     if (offload_dir.empty()) return;
     std::error_code ec;
-    dir_ = offload_dir + "/lwq-activations." + std::to_string(::getpid());
-    std::filesystem::create_directories(dir_, ec);
-    TORCH_CHECK(!ec, "quantize: cannot create the offload directory ", dir_, ": ", ec.message());
+    std::filesystem::create_directories(offload_dir, ec);
+    TORCH_CHECK(!ec, "quantize: cannot create the offload directory ", offload_dir, ": ", ec.message());
+    // A fresh directory of a random name (mkdtemp), never one planted at a predictable name.
+    std::string dir = offload_dir + "/lwq-activations.XXXXXX";
+    TORCH_CHECK(::mkdtemp(dir.data()), "quantize: cannot create a directory in the offload directory ", offload_dir,
+                ": ", std::strerror(errno));
+    dir_ = dir;
     for (size_t s = 0; s < args_.size(); ++s) set_hidden(s, args_[s][0].toTensor());
   }
   ~ActivationCache() {

@@ -7,6 +7,7 @@
 #include <regex>
 #include <set>
 
+#include "lwq/io/json.h"
 #include "lwq/pipeline/quantize.h"
 
 namespace lwq {
@@ -49,7 +50,7 @@ void load_config_file(const std::string& path, QuantizeConfig& config) {
   TORCH_CHECK(in, "config ", path, ": cannot open the file");
   json j;
   try {
-    j = json::parse(in);
+    j = io::parse_json("config " + path, in);
   } catch (const json::exception& e) {
     TORCH_CHECK(false, "config ", path, ": not valid JSON: ", e.what());
   }

@@ -7,6 +7,7 @@
 #include <fstream>
 #include <memory>
 
+#include "lwq/io/json.h"
 #include "lwq/io/safetensors.h"
 #include "lwq/model/surgery.h"
 
@@ -73,7 +74,12 @@ int64_t model_max_seq_len(const torch::jit::Module& model, const std::string& mo
   const fs::path config = fs::path(model_path).parent_path() / "config.json";
   if (fs::is_regular_file(config)) {
     std::ifstream in(config);
-    const nlohmann::json j = nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false);
+    nlohmann::json j;
+    try {
+      j = io::parse_json(config.string(), in);
+    } catch (const nlohmann::json::parse_error&) {
+      return 0;  // not a config this reader understands: the length is unknown
+    }
     if (j.is_object() && j.contains("max_seq_len") && j["max_seq_len"].is_number_integer()) {
       return j["max_seq_len"].get<int64_t>();
     }

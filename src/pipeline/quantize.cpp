@@ -19,6 +19,8 @@
 #include <sstream>
 
 #include "blockwise.h"
+#include "lwq/io/module_file.h"
+#include "lwq/io/output_path.h"
 #include "lwq/io/packed_spill.h"
 #include "lwq/io/safetensors.h"
 #include "lwq/model/surgery.h"
@@ -33,12 +35,6 @@ namespace pipeline {
 namespace fs = std::filesystem;
 
 namespace {
-
-bool same_file(const std::string& a, const std::string& b) {
-  std::error_code ec;
-  if (fs::exists(a, ec) && fs::exists(b, ec)) return fs::equivalent(a, b, ec);
-  return fs::weakly_canonical(a, ec) == fs::weakly_canonical(b, ec);
-}
 
 std::string excluded_by(const std::string& name, const std::vector<std::string>& patterns,
                         const std::vector<std::regex>& regexes) {
@@ -69,14 +65,19 @@ void check_config(const QuantizeConfig& config) {
                 " is not a readable file");
   }
   TORCH_CHECK(config.nsamples >= 0, "quantize: --nsamples must be >= 0, got ", config.nsamples);
-  for (const std::string& input :
-       {config.model_path, config.weights_path, config.calib_tensors, config.calib_text, config.tokenizer_path}) {
-    if (input.empty()) continue;
-    TORCH_CHECK(!same_file(config.out_path, input), "quantize: the output ", config.out_path,
-                " is an input file; write the quantized model to a new path");
+  // Before any work: the outputs can be written and none of them is an input (by file identity).
+  const std::vector<io::NamedInput> inputs = {{"--model", config.model_path},
+                                              {"--weights", config.weights_path},
+                                              {"--calib-tensors", config.calib_tensors},
+                                              {"--calib", config.calib_text},
+                                              {"--tokenizer", config.tokenizer_path}};
+  io::check_output_file("quantize", "--out", config.out_path, inputs);
+  if (!config.report_path.empty()) {
+    TORCH_CHECK(fs::weakly_canonical(config.report_path) != fs::weakly_canonical(config.out_path) &&
+                    !io::same_file(config.report_path, config.out_path),
+                "quantize: the report path and the output path are the same: ", config.out_path);
+    io::check_output_file("quantize", "--report", config.report_path, inputs);
   }
-  TORCH_CHECK(config.report_path.empty() || !same_file(config.report_path, config.out_path),
-              "quantize: the report path and the output path are the same: ", config.out_path);
   const DtypeInfo& info = dtype_info(config.spec.dtype);
   check_scheme(info, config.spec.sym);
   TORCH_CHECK(config.compute == "fp32" || config.compute == "int8", "quantize: unknown compute '", config.compute,
@@ -95,30 +96,6 @@ void check_config(const QuantizeConfig& config) {
   TORCH_CHECK(config.spec.group_size == -1 || config.spec.group_size > 0,
               "quantize: group size must be -1 (per output channel) or positive, got ", config.spec.group_size);
 }
-
-// The archive writer's output file. It reads every packed weight once; with spilled weights, their pages would
-// stay mapped into this process until the end and the RSS would grow by the whole packed model (docs/benchmarks.md):
-// every kDropEvery bytes written, the spilled pages read so far are dropped from the process.
-class SaveBuffer : public std::filebuf {
- public:
-  explicit SaveBuffer(io::PackedSpill* spill) : spill_(spill) {}
-
- protected:
-  std::streamsize xsputn(const char* s, std::streamsize n) override {
-    const std::streamsize wrote = std::filebuf::xsputn(s, n);
-    since_drop_ += wrote;
-    if (spill_ && since_drop_ >= kDropEvery) {
-      spill_->drop_resident();
-      since_drop_ = 0;
-    }
-    return wrote;
-  }
-
- private:
-  static constexpr std::streamsize kDropEvery = 64 << 20;
-  io::PackedSpill* spill_;
-  std::streamsize since_drop_ = 0;
-};
 
 }  // namespace
 
@@ -300,16 +277,19 @@ QuantizeResult quantize_model(const QuantizeConfig& config) {
   }
   model::install_packed_linears(module, layers, packed);
 
-  // Saved through a stream: the archive's inner folder name is then fixed ("archive"), not the temporary file's
-  // name, so the same inputs give the same bytes.
+  // Should the write fail (a full disk), the finished units stay in the resume state.
+  // The archive writer reads every packed weight once; with spilled weights, their pages would stay mapped into this
+  // process until the end and the RSS would grow by the whole packed model (docs/benchmarks.md): every 64 MiB
+  // written, the spilled pages read so far are dropped from the process.
   io::atomic_write(config.out_path, [&](const std::string& tmp) {
-    SaveBuffer buffer(spill.get());
-    TORCH_CHECK(buffer.open(tmp, std::ios::out | std::ios::binary | std::ios::trunc), "quantize: cannot create ",
-                tmp);
-    std::ostream out(&buffer);
-    module.save(out);
-    out.flush();
-    TORCH_CHECK(out && buffer.close(), "quantize: cannot write ", tmp);
+    int64_t since_drop = 0;
+    io::save_module(module, tmp, [&](int64_t n) {
+      since_drop += n;
+      if (spill && since_drop >= (int64_t{64} << 20)) {
+        spill->drop_resident();
+        since_drop = 0;
+      }
+    });
   });
   if (spill) spill->drop_resident();
   state.finish();

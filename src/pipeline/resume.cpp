@@ -3,14 +3,21 @@
 #include <ATen/Parallel.h>
 #include <torch/serialize.h>
 
+#include <fcntl.h>
 #include <nlohmann/json.hpp>
+#include <sys/file.h>
+#include <unistd.h>
 
-#include <csignal>
+#include <cerrno>
 #include <cmath>
+#include <csignal>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <iostream>
 #include <iterator>
+#include <regex>
 #include <sstream>
 
 #include "lwq/io/safetensors.h"
@@ -125,8 +132,49 @@ std::string activation_path(const std::string& dir, int64_t k, size_t sample) {
 
 }  // namespace
 
+namespace {
+
+// Names the state directory may hold: its own files and atomic_write's temporaries of them.
+bool is_state_file(const std::string& name) {
+  static const std::regex pattern(R"((state\.json|unit-\d+\.pt|activations-\d+-\d+\.pt)(\.tmp\..*)?)");
+  return std::regex_match(name, pattern);
+}
+
+}  // namespace
+
 ResumeState::ResumeState(const QuantizeConfig& config, bool resume)
     : dir_(config.out_path + ".lwq-resume"), fingerprint_(fingerprint_of(config).dump()) {
+  std::error_code ec;
+  TORCH_CHECK(!fs::exists(fs::symlink_status(dir_, ec)) || fs::is_directory(fs::symlink_status(dir_, ec)),
+              "quantize: the resume state's path ", dir_, " is taken by something that is not a directory; move it "
+              "away (lwq keeps its resume state there, next to the output)");
+  if (fs::exists(dir_, ec)) {
+    for (const auto& entry : fs::directory_iterator(dir_, ec)) {
+      const std::string name = entry.path().filename().string();
+      TORCH_CHECK(is_state_file(name), "quantize: the resume state directory ", dir_, " holds '", name,
+                  "', which is not lwq resume state; move it away rather than have lwq delete it");
+    }
+  }
+  fs::create_directories(dir_, ec);
+  TORCH_CHECK(!ec, "resume state: cannot create ", dir_, ": ", ec.message());
+  lock_fd_ = ::open(dir_.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  TORCH_CHECK(lock_fd_ >= 0, "resume state: cannot open ", dir_, ": ", std::strerror(errno));
+  if (::flock(lock_fd_, LOCK_EX | LOCK_NB) != 0) {
+    ::close(lock_fd_);
+    lock_fd_ = -1;
+    TORCH_CHECK(false, "quantize: another lwq run is writing ", config.out_path, " (its resume state ", dir_,
+                " is locked); wait for it to end or choose another --out");
+  }
+  try {
+    open_state(resume);
+  } catch (...) {
+    ::close(lock_fd_);
+    lock_fd_ = -1;
+    throw;
+  }
+}
+
+void ResumeState::open_state(bool resume) {
   std::error_code ec;
   const std::string state = dir_ + "/state.json";
   if (resume && fs::exists(state, ec)) {
@@ -148,9 +196,8 @@ ResumeState::ResumeState(const QuantizeConfig& config, bool resume)
     samples_ = j.value("samples", size_t{0});
     return;
   }
-  fs::remove_all(dir_, ec);
-  fs::create_directories(dir_, ec);
-  TORCH_CHECK(!ec, "resume state: cannot create ", dir_, ": ", ec.message());
+  for (const auto& entry : fs::directory_iterator(dir_, ec)) fs::remove(entry.path(), ec);
+  TORCH_CHECK(!ec, "resume state: cannot clear ", dir_, ": ", ec.message());
 }
 
 void ResumeState::save_unit(int64_t k, const UnitState& unit, size_t samples, const ActivationSource& activation) {
@@ -170,6 +217,7 @@ void ResumeState::save_unit(int64_t k, const UnitState& unit, size_t samples, co
   json report = {{"layers", json::array()}, {"folds", json::array()}};
   for (const auto& q : unit.layers) report["layers"].push_back(layer_to_json(q));
   for (const auto& f : unit.folds) report["folds"].push_back({{"layers", f.layers}, {"applied", f.applied}});
+  // A failed write (a full disk) keeps the units recorded before: state.json, written last, still names them.
   write_bytes(unit_path(dir_, k),
               torch::pickle_save(c10::ivalue::Tuple::create({packed, params, report.dump()})));
   for (size_t i = 0; i < samples; ++i) {
@@ -228,11 +276,20 @@ std::vector<std::vector<c10::IValue>> ResumeState::load_activations() const {
   return out;
 }
 
-ResumeState::~ResumeState() { finish(); }
+ResumeState::~ResumeState() {
+  if (!finished_ && done_ > 0) {
+    std::cerr << "lwq: the resume state of " << done_ << " finished units is kept in " << dir_
+              << ": run the same command with --resume to continue" << std::endl;
+  } else if (!finished_) {
+    finish();
+  }
+  if (lock_fd_ >= 0) ::close(lock_fd_);
+}
 
 void ResumeState::finish() {
   std::error_code ec;
   fs::remove_all(dir_, ec);
+  finished_ = true;
 }
 
 }  // namespace pipeline

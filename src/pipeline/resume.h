@@ -34,10 +34,14 @@ struct UnitState {
 class ResumeState {
  public:
   // With resume=false any earlier state of this output is discarded. With resume=true a state made with another
-  // fingerprint (other inputs or options) is refused, naming the field that differs.
+  // fingerprint (other inputs or options) is refused, naming the field that differs. The directory is locked for
+  // the life of the object: a second run writing the same output is refused, not interleaved. A path in the way
+  // (a file, or a directory holding anything but resume state) is refused, never deleted.
   ResumeState(const QuantizeConfig& config, bool resume);
-  // Removes the state: a run that ends with an error (bad weights, NaN) cannot be resumed into a good result, and
-  // nothing is left beside the output. Only a killed process (no destructors run) leaves its state.
+  // A run that ends with an error after finishing units keeps them, whatever failed (a full disk at the final
+  // write must not lose hours of calibration), and says so on stderr. Keeping is never wrong: the same command
+  // with --resume continues to the bytes of an uninterrupted run, a changed input is refused by the fingerprint,
+  // and a run without --resume discards the state. A state with no finished unit is removed.
   ~ResumeState();
   ResumeState(const ResumeState&) = delete;
   ResumeState& operator=(const ResumeState&) = delete;
@@ -52,7 +56,11 @@ class ResumeState {
   void finish();  // the output is written: the state is no longer needed
 
  private:
+  void open_state(bool resume);  // reads or clears the locked directory
+
   std::string dir_;
+  int lock_fd_ = -1;         // the directory, open and flock'ed
+  bool finished_ = false;
   std::string fingerprint_;  // JSON text
   int64_t done_ = 0;
   size_t samples_ = 0;  // activation files of the last unit

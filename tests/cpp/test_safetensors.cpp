@@ -8,7 +8,10 @@
 #include <fstream>
 #include <random>
 #include <sstream>
+#include <sys/stat.h>
+#include <unistd.h>
 
+#include "lwq/io/output_path.h"
 #include "lwq/io/safetensors.h"
 #include "test_util.h"
 
@@ -236,6 +239,10 @@ TEST(Safetensors, HeaderViolationsHaveDistinctErrors) {
       {"non-string metadata", raw_file(R"({"__metadata__": {"k": 1}})", ""),
        "__metadata__ value of 'k' must be a string"},
       {"metadata not an object", raw_file(R"({"__metadata__": "x"})", ""), "__metadata__ must be an object"},
+      // Found by a mutation fuzzer: 100,000 levels overflowed the stack (SIGSEGV).
+      {"nested 100,000 levels deep",
+       raw_file(R"({"__metadata__": {"k": )" + std::string(100000, '[') + std::string(100000, ']') + "}}", ""),
+       "nested more than 64 levels"},
   };
   for (const Case& c : cases) {
     write_bytes(path, c.bytes);
@@ -412,6 +419,8 @@ TEST(WeightStore, ShardedIndexErrors) {
   expect_error([&] { WeightStore{m.dir.path()}; }, where + ": not valid JSON");
   write_bytes(m.index(), R"({"metadata": {}})");
   expect_error([&] { WeightStore{m.dir.path()}; }, "\"weight_map\" object");
+  write_bytes(m.index(), R"({"metadata": )" + std::string(100000, '[') + std::string(100000, ']') + "}");
+  expect_error([&] { WeightStore{m.dir.path()}; }, where + ": JSON nested more than 64 levels");
   // A corrupt shard fails with the shard's own name.
   m.write_index(R"({"model.c": "model-00002-of-00002.safetensors"})");
   write_bytes(m.dir.file("model-00002-of-00002.safetensors"), "garbage!!");
@@ -448,13 +457,36 @@ TEST(AtomicWrite, FailingFillKeepsTheOldFile) {
                std::runtime_error);
   EXPECT_EQ(read_bytes(path), "old");
   EXPECT_EQ(dir.listing(), std::vector<std::string>{"out.bin"});
-  // fill that never creates the temporary: an error, old file intact.
-  expect_error([&] { io::atomic_write(path, [](const std::string&) {}); }, "cannot open the temporary file");
+  // fill that removes the temporary: an error, old file intact.
+  expect_error([&] { io::atomic_write(path, [](const std::string& tmp) { fs::remove(tmp); }); },
+               "cannot open the temporary file");
   EXPECT_EQ(read_bytes(path), "old");
   EXPECT_EQ(dir.listing(), std::vector<std::string>{"out.bin"});
   // A writer error (here a tensor the format cannot hold) also leaves the old file.
   expect_error([&] { io::write_safetensors(path, {{"c", at::ones({1}, at::kComplexDouble)}}); }, "has dtype");
   EXPECT_EQ(read_bytes(path), "old");
+}
+
+// The temporary is made before fill runs, under a fresh random name, as a plain file with the mode an ordinary
+// create gives (so a planted file or link is never followed, and the output's mode is the usual one).
+TEST(AtomicWrite, TemporaryIsAFreshFileWithTheUsualMode) {
+  TempDir dir;
+  const std::string path = dir.file("out.bin");
+  const mode_t mask = ::umask(027);
+  std::vector<std::string> temporaries;
+  for (int i = 0; i < 2; ++i) {
+    io::atomic_write(path, [&](const std::string& tmp) {
+      temporaries.push_back(tmp);
+      EXPECT_TRUE(fs::is_regular_file(fs::symlink_status(tmp))) << tmp;
+      EXPECT_EQ(fs::file_size(tmp), 0u);
+      EXPECT_EQ(fs::path(tmp).filename().string().rfind("out.bin.tmp.", 0), 0u) << tmp;
+      write_bytes(tmp, "x");
+    });
+  }
+  ::umask(mask);
+  EXPECT_NE(temporaries[0], temporaries[1]);
+  EXPECT_EQ(fs::status(path).permissions(), fs::perms(0640));
+  EXPECT_EQ(dir.listing(), std::vector<std::string>{"out.bin"});
 }
 
 TEST(AtomicWrite, RefusesEmptyPathAndMissingDirectory) {
@@ -465,6 +497,43 @@ TEST(AtomicWrite, RefusesEmptyPathAndMissingDirectory) {
         io::write_safetensors(dir.file("no/such/dir/x.safetensors"), {{"x", at::ones({1})}});
       },
       "cannot create");
+}
+
+// check_output_file / check_output_dir -------------------------------------------------------------------------
+
+TEST(OutputPath, RefusesEveryPathThatWouldDestroyAnInputOrFailLate) {
+  TempDir dir;
+  const std::string weights = dir.file("weights");
+  fs::create_directories(weights + "/sub");
+  write_bytes(weights + "/model.safetensors", "w");
+  write_bytes(weights + "/sub/tokenizer.model", "t");
+  write_bytes(dir.file("model.pt"), "m");
+  const std::vector<io::NamedInput> inputs = {{"--model", dir.file("model.pt")}, {"--weights", weights}, {"--x", ""}};
+  auto check = [&](const std::string& out) { io::check_output_file("quantize", "--out", out, inputs); };
+  check(dir.file("q.pt"));                   // new, next to the inputs
+  check(weights + "/new.pt");                // new, inside an input directory
+  write_bytes(dir.file("old.pt"), "o");
+  check(dir.file("old.pt"));                 // an existing file that is no input is replaced
+  expect_error([&] { check(dir.file("model.pt")); }, "--out " + dir.file("model.pt") + " is an input");
+  expect_error([&] { check(weights + "/model.safetensors"); },
+               "(" + weights + "/model.safetensors, in --weights " + weights + ")");
+  expect_error([&] { check(weights + "/sub/../sub/tokenizer.model"); }, "is an input");
+  fs::create_symlink(weights + "/model.safetensors", dir.file("link.pt"));
+  expect_error([&] { check(dir.file("link.pt")); }, "is an input");
+  fs::create_hard_link(dir.file("model.pt"), dir.file("hard.pt"));
+  expect_error([&] { check(dir.file("hard.pt")); }, "is an input");
+  expect_error([&] { check(weights); }, "is a directory");
+  expect_error([&] { check(dir.file("missing/q.pt")); }, "the folder " + dir.file("missing") + " does not exist");
+  expect_error([&] { check(dir.file("model.pt") + "/q.pt"); }, "is not a directory");
+  expect_error([&] { check(""); }, "no output path given (--out)");
+  // A directory output: its files that would be replaced are checked too.
+  io::check_output_dir("export", "directory", dir.file("new_dir"), {"model.safetensors"}, inputs);
+  expect_error([&] { io::check_output_dir("export", "directory", weights, {"model.safetensors"}, inputs); },
+               "is an input");
+  expect_error([&] { io::check_output_dir("export", "directory", dir.file("model.pt"), {"x"}, inputs); },
+               "exists and is not a directory");
+  EXPECT_TRUE(io::same_file(dir.file("hard.pt"), dir.file("model.pt")));
+  EXPECT_FALSE(io::same_file(dir.file("q.pt"), dir.file("q.pt")));  // neither exists
 }
 
 }  // namespace

@@ -198,10 +198,12 @@ def test_nan_weight_names_the_layer_and_leaves_output_untouched(models, tmp_path
     make_test_models.write_safetensors(weights, tensors)
     out = tmp_path / "q.pt"
     out.write_bytes(b"previous output")
-    assert_fails(lwq("quantize", "--model", models / "scripted.pt", "--weights", weights, "--algo", "rtn",
-                     "--out", out), "layers.2.down", "NaN")
+    failed = lwq("quantize", "--model", models / "scripted.pt", "--weights", weights, "--algo", "rtn", "--out", out)
+    assert_fails(failed, "layers.2.down", "NaN")
     assert out.read_bytes() == b"previous output"
-    assert [p.name for p in tmp_path.iterdir() if p.name.startswith("q.pt")] == ["q.pt"], "temporary left behind"
+    # No temporary is left; the finished layers are kept (as after any failure) and the user is told.
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("q.pt")) == ["q.pt", "q.pt.lwq-resume"]
+    assert "finished units is kept in" in failed.stderr
 
 
 def test_output_equal_to_an_input_is_refused(models, tmp_path):

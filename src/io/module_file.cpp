@@ -1,0 +1,68 @@
+#include "lwq/io/module_file.h"
+
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+#include <ostream>
+
+namespace lwq {
+namespace io {
+namespace {
+
+// A file buffer whose writes always "succeed": the first failure is latched (with its errno) and everything after
+// it is dropped, so the archive writer runs to its end and its destructor has nothing to throw.
+class LatchingFileBuf : public std::filebuf {
+ public:
+  explicit LatchingFileBuf(const std::function<void(int64_t)>& on_written) : on_written_(on_written) {}
+  bool failed() const { return failed_; }
+  int error() const { return errno_; }
+  void latch() {
+    if (!failed_) errno_ = errno;
+    failed_ = true;
+  }
+
+ protected:
+  std::streamsize xsputn(const char* s, std::streamsize n) override {
+    if (failed_) return n;
+    errno = 0;
+    if (std::filebuf::xsputn(s, n) != n) latch();
+    if (on_written_) on_written_(n);
+    return n;
+  }
+  int_type overflow(int_type c) override {
+    if (failed_) return traits_type::not_eof(c);
+    errno = 0;
+    if (traits_type::eq_int_type(std::filebuf::overflow(c), traits_type::eof())) latch();
+    return traits_type::not_eof(c);
+  }
+  int sync() override {
+    if (!failed_ && std::filebuf::sync() != 0) latch();
+    return 0;
+  }
+
+ private:
+  const std::function<void(int64_t)>& on_written_;
+  bool failed_ = false;
+  int errno_ = 0;
+};
+
+}  // namespace
+
+void save_module(const torch::jit::Module& module, const std::string& path,
+                 const std::function<void(int64_t)>& on_written) {
+  LatchingFileBuf buffer(on_written);
+  TORCH_CHECK(buffer.open(path, std::ios::out | std::ios::binary | std::ios::trunc), "cannot create ", path, ": ",
+              std::strerror(errno));
+  {
+    std::ostream out(&buffer);
+    module.save(out);  // through a stream: the inner folder is "archive", not the file's name
+    out.flush();
+  }
+  errno = 0;
+  if (!buffer.close()) buffer.latch();
+  TORCH_CHECK(!buffer.failed(), "cannot write ", path, ": ",
+              buffer.error() ? std::strerror(buffer.error()) : "write error", " (disk full?)");
+}
+
+}  // namespace io
+}  // namespace lwq
