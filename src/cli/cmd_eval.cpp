@@ -6,8 +6,8 @@
 #include <string>
 
 #include "args.h"
-#include "lwq/pipeline/load_model.h"
-#include "lwq/pipeline/evaluate.h"
+#include "lwq/text/load_model.h"
+#include "lwq/text/evaluate.h"
 
 namespace lwq {
 namespace cli {
@@ -33,7 +33,7 @@ const char* kUsage =
 }  // namespace
 
 int run_eval(Args args) {
-  lwq::pipeline::EvalConfig config;
+  lwq::text::EvalConfig config;
   bool json = false;
   int64_t threads = 0;
   while (args.next()) {
@@ -71,9 +71,9 @@ int run_eval(Args args) {
   if (config.tokenizer_path.empty()) throw UsageError("eval: --tokenizer is required");
   if (config.text_path.empty()) throw UsageError("eval: --text is required");
   if (threads > 0) at::set_num_threads(static_cast<int>(threads));
-  lwq::pipeline::keep_freed_memory_in_heap();
+  lwq::text::keep_freed_memory_in_heap();
 
-  const lwq::pipeline::TextEvalResult r = lwq::pipeline::evaluate_text(config);
+  const lwq::text::TextEvalResult r = lwq::text::evaluate_text(config);
   if (json) {
     const nlohmann::ordered_json out = {{"nll", r.nll}, {"ppl", r.perplexity()}, {"tokens", r.tokens}, {"segments", r.segments}};
     std::cout << out.dump() << std::endl;

@@ -6,8 +6,8 @@
 #include <string>
 
 #include "args.h"
-#include "lwq/pipeline/load_model.h"
-#include "lwq/pipeline/generate.h"
+#include "lwq/text/load_model.h"
+#include "lwq/text/generate.h"
 
 namespace lwq {
 namespace cli {
@@ -35,7 +35,7 @@ const char* kUsage =
 }  // namespace
 
 int run_generate(Args args) {
-  lwq::pipeline::GenerateTextConfig config;
+  lwq::text::GenerateTextConfig config;
   bool seed_given = false;
   int64_t threads = 0;
   while (args.next()) {
@@ -77,13 +77,13 @@ int run_generate(Args args) {
   if (config.model_path.empty()) throw UsageError("generate: --model is required");
   if (config.tokenizer_path.empty()) throw UsageError("generate: --tokenizer is required");
   if (threads > 0) at::set_num_threads(static_cast<int>(threads));
-  lwq::pipeline::keep_freed_memory_in_heap();
+  lwq::text::keep_freed_memory_in_heap();
   if (!seed_given) {
     const auto now = std::chrono::system_clock::now().time_since_epoch();
     config.generate.seed = static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::seconds>(now).count());
   }
 
-  const lwq::pipeline::GenerateResult r = lwq::pipeline::generate_text(config, std::cout);
+  const lwq::text::GenerateResult r = lwq::text::generate_text(config, std::cout);
   std::cerr << "prompt: " << r.prompt_tokens << " tokens in " << r.prefill_seconds * 1e3 << " ms; generated "
             << r.generated << " tokens, stopped at " << r.stop << " after " << r.positions << " positions; decode "
             << r.decode_tokens_per_s() << " tokens/s (" << r.decode_forwards << " one-token forwards in "

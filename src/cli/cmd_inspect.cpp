@@ -3,7 +3,7 @@
 #include <string>
 
 #include "args.h"
-#include "lwq/pipeline/inspect.h"
+#include "lwq/model/inspect.h"
 
 namespace lwq {
 namespace cli {
@@ -31,7 +31,7 @@ int run_inspect(Args args) {
     path = a;
   }
   if (path.empty()) throw UsageError("inspect: no model given");
-  lwq::pipeline::print_summary(std::cout, lwq::pipeline::inspect_model(path));
+  lwq::model::print_summary(std::cout, lwq::model::inspect_model(path));
   return 0;
 }
 

@@ -6,7 +6,6 @@
 #include <torch/csrc/jit/api/function_impl.h>
 #include <torch/csrc/jit/passes/dead_code_elimination.h>
 #include <torch/csrc/jit/passes/inliner.h>
-#include <torch/library.h>
 
 #include <algorithm>
 #include <map>
@@ -184,11 +183,6 @@ LinearInputObserver& current_observer() {
   return observer;
 }
 
-at::Tensor observe_linear_input(const at::Tensor& x, const at::Tensor& weight) {
-  if (current_observer()) current_observer()(x, weight);
-  return x;
-}
-
 // Operations that change only the dtype or layout of a value: a scale passes through them unchanged.
 bool is_cast(const jit::Node* n) {
   return n->kind() == c10::aten::to || n->kind() == c10::aten::type_as || n->kind() == c10::aten::contiguous;
@@ -205,11 +199,9 @@ const c10::Symbol kObserveSymbol = c10::Symbol::fromQualString("lwq::_observe_li
 
 }  // namespace
 
-// Side effects: the conservative alias kind keeps the executor from reordering or removing the call.
-TORCH_LIBRARY_FRAGMENT(lwq, m) {
-  m.def(torch::schema("lwq::_observe_linear_input(Tensor x, Tensor weight) -> Tensor",
-                      c10::AliasAnalysisKind::CONSERVATIVE),
-        observe_linear_input);
+at::Tensor observe_linear_input(const at::Tensor& x, const at::Tensor& weight) {
+  if (current_observer()) current_observer()(x, weight);
+  return x;
 }
 
 BlockList find_blocks(const jit::Module& root, const std::string& list_name) {

@@ -24,7 +24,7 @@
 
 #include "lwq/fake_quant.h"
 #include "lwq/model/blocks.h"
-#include "lwq/pipeline/evaluate.h"
+#include "lwq/text/evaluate.h"
 #include "lwq/text/tokenizer.h"
 #include "lwq/rtn.h"
 #include "lwq/scale_folding.h"
@@ -54,7 +54,7 @@ std::vector<Args> text_calibration(const QuantizeConfig& config) {
   const text::Tokenizer tokenizer = text::Tokenizer::load(config.tokenizer_path);
   const int64_t n = config.nsamples > 0 ? config.nsamples : 64;
   std::vector<int64_t> ids;
-  for (const std::string& paragraph : read_segments(config.calib_text)) {
+  for (const std::string& paragraph : text::read_segments(config.calib_text)) {
     const std::vector<int64_t> t = tokenizer.encode(paragraph, /*bos=*/true, /*eos=*/false);
     ids.insert(ids.end(), t.begin(), t.end());
     if (static_cast<int64_t>(ids.size()) >= n * config.seqlen) break;

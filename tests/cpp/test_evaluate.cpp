@@ -10,17 +10,17 @@
 #include <sstream>
 
 #include "lwq/io/safetensors.h"
-#include "lwq/pipeline/evaluate.h"
-#include "lwq/pipeline/generate.h"
-#include "lwq/pipeline/load_model.h"
+#include "lwq/text/evaluate.h"
+#include "lwq/text/generate.h"
+#include "lwq/text/load_model.h"
 #include "test_util.h"
 
 namespace lwq {
 namespace {
 
 namespace fs = std::filesystem;
-using pipeline::GenerateConfig;
-using pipeline::Sampler;
+using text::GenerateConfig;
+using text::Sampler;
 using test::expect_error;
 using text::Tokenizer;
 
@@ -43,10 +43,10 @@ class TinyLlama : public ::testing::Test {
     ref_ = nlohmann::json::parse(in);
   }
   static std::string path(const std::string& name) { return *dir_ + "/" + name; }
-  static torch::jit::Module model() { return pipeline::load_model(path("model.pt"), path("model.safetensors")); }
+  static torch::jit::Module model() { return text::load_model(path("model.pt"), path("model.safetensors")); }
   static Tokenizer tokenizer() { return Tokenizer::load(path("tokenizer.bin")); }
-  pipeline::EvalConfig eval_config() const {
-    pipeline::EvalConfig c;
+  text::EvalConfig eval_config() const {
+    text::EvalConfig c;
     c.model_path = path("model.pt");
     c.weights_path = path("model.safetensors");
     c.tokenizer_path = path("tokenizer.bin");
@@ -63,20 +63,20 @@ bool TinyLlama::ok_ = false;
 
 TEST_F(TinyLlama, ReadsSegmentsAsThePythonReference) {
   // CRLF line ends, a separator line holding spaces and a tab, runs of blank lines, non-ASCII text.
-  const auto segments = pipeline::read_segments(path("text.txt"));
+  const auto segments = text::read_segments(path("text.txt"));
   EXPECT_EQ(segments, ref_["segments"].get<std::vector<std::string>>());
-  EXPECT_EQ(pipeline::read_segments(path("text.txt"), 2),
+  EXPECT_EQ(text::read_segments(path("text.txt"), 2),
             std::vector<std::string>(segments.begin(), segments.begin() + 2));
   std::ofstream(path("bad.txt"), std::ios::binary) << "fine\n\nbad \xC3\x28 byte\n";
-  expect_error([&] { pipeline::read_segments(path("bad.txt")); }, "bad.txt: not valid UTF-8 at byte 10 (line 3)");
-  expect_error([&] { pipeline::read_segments(path("absent.txt")); }, "absent.txt: cannot open");
+  expect_error([&] { text::read_segments(path("bad.txt")); }, "bad.txt: not valid UTF-8 at byte 10 (line 3)");
+  expect_error([&] { text::read_segments(path("absent.txt")); }, "absent.txt: cannot open");
 }
 
 TEST_F(TinyLlama, MeanNllMatchesTheEagerPythonModel) {
   for (const int64_t seq_len : {0, 8}) {  // 0: the model's max_seq_len (64)
-    pipeline::EvalConfig c = eval_config();
+    text::EvalConfig c = eval_config();
     c.seq_len = seq_len;
-    const auto r = pipeline::evaluate_text(c);
+    const auto r = text::evaluate_text(c);
     const std::string key = std::to_string(seq_len == 0 ? 64 : seq_len);
     EXPECT_EQ(r.seq_len, seq_len == 0 ? 64 : seq_len);
     EXPECT_EQ(r.segments, 4);
@@ -88,28 +88,28 @@ TEST_F(TinyLlama, MeanNllMatchesTheEagerPythonModel) {
 
 TEST_F(TinyLlama, BatchingAndPaddingDoNotChangeTheResult) {
   const Tokenizer tok = tokenizer();
-  auto sequences = pipeline::eval_sequences(tok, pipeline::read_segments(path("text.txt")), 64);
+  auto sequences = text::eval_sequences(tok, text::read_segments(path("text.txt")), 64);
   sequences.push_back({Tokenizer::kBos});  // predicts nothing
   sequences.push_back({});
   torch::jit::Module m = model();
-  const auto alone = pipeline::evaluate_nll(m, sequences, 1);  // one sequence per batch
-  const auto together = pipeline::evaluate_nll(m, sequences, 1 << 20);  // one padded batch
+  const auto alone = text::evaluate_nll(m, sequences, 1);  // one sequence per batch
+  const auto together = text::evaluate_nll(m, sequences, 1 << 20);  // one padded batch
   EXPECT_EQ(alone.batches, 4);  // the two that predict nothing are skipped
   EXPECT_EQ(together.batches, 1);
   EXPECT_EQ(alone.tokens, together.tokens);
   EXPECT_EQ(alone.sequences, 6);
   EXPECT_NEAR(alone.nll, together.nll, 1e-5 * alone.nll);
-  EXPECT_EQ(pipeline::evaluate_nll(m, {{Tokenizer::kBos}}, 16).tokens, 0);
+  EXPECT_EQ(text::evaluate_nll(m, {{Tokenizer::kBos}}, 16).tokens, 0);
   // The embedding refuses the id inside the model; the message says which batch and ids.
-  expect_error([&] { pipeline::evaluate_nll(m, {{1, 5, 100000}}, 16); }, "shape [1, 3] (ids 1..100000)");
+  expect_error([&] { text::evaluate_nll(m, {{1, 5, 100000}}, 16); }, "shape [1, 3] (ids 1..100000)");
 }
 
 TEST(LengthBatches, GroupsShortestFirstWithinTheTokenBudget) {
   const std::vector<std::vector<int64_t>> seqs = {{1, 2, 3, 4, 5}, {1, 2, 3}, {1, 2, 3, 4, 5}, {1, 2}};
   // Sorted: 3 (2), 1 (3), 0 (5), 2 (5); padded sizes 2*3 = 6 fit in 10, 3*5 does not, 2*5 = 10 does.
-  EXPECT_EQ(pipeline::length_batches(seqs, 10), (std::vector<std::vector<size_t>>{{3, 1}, {0, 2}}));
-  EXPECT_EQ(pipeline::length_batches(seqs, 1).size(), 4u);  // longer than the budget: alone
-  expect_error([&] { pipeline::length_batches(seqs, 0); }, "tokens per batch must be positive");
+  EXPECT_EQ(text::length_batches(seqs, 10), (std::vector<std::vector<size_t>>{{3, 1}, {0, 2}}));
+  EXPECT_EQ(text::length_batches(seqs, 1).size(), 4u);  // longer than the budget: alone
+  expect_error([&] { text::length_batches(seqs, 0); }, "tokens per batch must be positive");
 }
 
 TEST_F(TinyLlama, GreedyGenerationMatchesRunCLoopInPython) {
@@ -120,7 +120,7 @@ TEST_F(TinyLlama, GreedyGenerationMatchesRunCLoopInPython) {
   config.steps = g["steps"].get<int64_t>();
   config.stop_at_eos = false;  // the Python loop is run.c's, which stops only at BOS
   const auto prompt = tok.encode(g["prompt"].get<std::string>(), true, false);
-  const auto r = pipeline::generate(m, prompt, pipeline::model_max_seq_len(m, path("model.pt")), config);
+  const auto r = text::generate(m, prompt, text::model_max_seq_len(m, path("model.pt")), config);
   EXPECT_EQ(r.tokens, g["tokens"].get<std::vector<int64_t>>());
   EXPECT_EQ(r.prompt_tokens, static_cast<int64_t>(prompt.size()));
   EXPECT_EQ(r.stop, "steps");
@@ -130,14 +130,14 @@ TEST_F(TinyLlama, GreedyGenerationMatchesRunCLoopInPython) {
   EXPECT_EQ(r.decode_forwards, config.steps - r.prompt_tokens);
 
   // The whole `lwq generate`: what run.c would print.
-  pipeline::GenerateTextConfig text_config;
+  text::GenerateTextConfig text_config;
   text_config.model_path = path("model.pt");
   text_config.weights_path = path("model.safetensors");
   text_config.tokenizer_path = path("tokenizer.bin");
   text_config.prompt = g["prompt"].get<std::string>();
   text_config.generate = config;
   std::ostringstream out;
-  pipeline::generate_text(text_config, out);
+  text::generate_text(text_config, out);
   EXPECT_EQ(out.str(), g["printed"].get<std::string>());
 }
 
@@ -146,27 +146,27 @@ TEST_F(TinyLlama, StepsCountPositionsPromptIncluded) {
   const std::vector<int64_t> prompt = {1, 270, 280, 290, 300, 261};
   GenerateConfig config;
   config.steps = 3;  // fewer than the prompt: run.c emits prompt[1..3] and samples nothing
-  auto r = pipeline::generate(m, prompt, 64, config);
+  auto r = text::generate(m, prompt, 64, config);
   EXPECT_EQ(r.tokens, (std::vector<int64_t>{270, 280, 290}));
   EXPECT_EQ(r.generated, 0);
   EXPECT_EQ(r.stop, "steps");
   config.steps = 6;  // exactly the prompt: its tokens after BOS, then one chosen token
-  r = pipeline::generate(m, prompt, 64, config);
+  r = text::generate(m, prompt, 64, config);
   ASSERT_GE(r.tokens.size(), 5u);
   EXPECT_EQ(std::vector<int64_t>(r.tokens.begin(), r.tokens.begin() + 5), (std::vector<int64_t>{270, 280, 290, 300, 261}));
   EXPECT_LE(r.tokens.size(), 6u);
   // A BOS inside the prompt ends the text there, as in run.c.
-  r = pipeline::generate(m, {1, 270, 1, 280}, 64, config);
+  r = text::generate(m, {1, 270, 1, 280}, 64, config);
   EXPECT_EQ(r.tokens, std::vector<int64_t>{270});
   EXPECT_EQ(r.stop, "bos");
   // More steps than the model's maximum: clamped to it.
   config.steps = 1000;
   config.stop_at_eos = false;
-  r = pipeline::generate(m, {1}, 64, config);
+  r = text::generate(m, {1}, 64, config);
   EXPECT_EQ(r.stop, "steps");  // this model happens never to choose BOS here
   EXPECT_EQ(r.positions, 64);
   EXPECT_EQ(r.tokens.size(), 64u);
-  expect_error([&] { pipeline::generate(m, {}, 64, config); }, "at least one token");
+  expect_error([&] { text::generate(m, {}, 64, config); }, "at least one token");
 }
 
 TEST_F(TinyLlama, SamplingIsSeededAndNarrowTopPIsGreedy) {
@@ -175,18 +175,18 @@ TEST_F(TinyLlama, SamplingIsSeededAndNarrowTopPIsGreedy) {
   GenerateConfig greedy;
   greedy.steps = 24;
   greedy.stop_at_eos = false;
-  const auto g = pipeline::generate(m, prompt, 64, greedy);
+  const auto g = text::generate(m, prompt, 64, greedy);
   GenerateConfig sampled = greedy;
   sampled.temperature = 1.0;
   sampled.top_p = 1.0;
   sampled.seed = 42;
-  const auto a = pipeline::generate(m, prompt, 64, sampled);
-  const auto b = pipeline::generate(m, prompt, 64, sampled);
+  const auto a = text::generate(m, prompt, 64, sampled);
+  const auto b = text::generate(m, prompt, 64, sampled);
   EXPECT_EQ(a.tokens, b.tokens);
   sampled.seed = 43;
-  EXPECT_NE(pipeline::generate(m, prompt, 64, sampled).tokens, a.tokens);
+  EXPECT_NE(text::generate(m, prompt, 64, sampled).tokens, a.tokens);
   sampled.top_p = 1e-6;  // the nucleus holds the most probable token only
-  EXPECT_EQ(pipeline::generate(m, prompt, 64, sampled).tokens, g.tokens);
+  EXPECT_EQ(text::generate(m, prompt, 64, sampled).tokens, g.tokens);
 }
 
 TEST(Sampler, FollowsTheDistributionAndValidatesItsSettings) {
@@ -210,9 +210,9 @@ TEST(Sampler, FollowsTheDistributionAndValidatesItsSettings) {
 }
 
 TEST_F(TinyLlama, LoadingRefusesMissingOrMisshapenWeights) {
-  expect_error([&] { pipeline::load_model(path("model.pt"), ""); },
+  expect_error([&] { text::load_model(path("model.pt"), ""); },
                "parameter 'embed_tokens.weight' is empty (meta) in the model");
-  expect_error([&] { pipeline::load_model(path("nothing.pt"), ""); }, "nothing.pt is not a readable file");
+  expect_error([&] { text::load_model(path("nothing.pt"), ""); }, "nothing.pt is not a readable file");
   const io::WeightStore store(path("model.safetensors"));
   std::vector<std::pair<std::string, at::Tensor>> missing, misshapen;
   for (const auto& name : store.names()) {
@@ -221,12 +221,12 @@ TEST_F(TinyLlama, LoadingRefusesMissingOrMisshapenWeights) {
   }
   io::write_safetensors(path("missing.safetensors"), missing);
   io::write_safetensors(path("misshapen.safetensors"), misshapen);
-  expect_error([&] { pipeline::load_model(path("model.pt"), path("missing.safetensors")); },
+  expect_error([&] { text::load_model(path("model.pt"), path("missing.safetensors")); },
                "parameter 'layers.1.mlp.up_proj.weight' is empty (meta) in the model");
-  expect_error([&] { pipeline::load_model(path("model.pt"), path("misshapen.safetensors")); },
+  expect_error([&] { text::load_model(path("model.pt"), path("misshapen.safetensors")); },
                "parameter 'norm.weight' has shape [32] in the model");
   torch::jit::Module m = model();
-  EXPECT_EQ(pipeline::model_max_seq_len(m, path("model.pt")), 64);
+  EXPECT_EQ(text::model_max_seq_len(m, path("model.pt")), 64);
 }
 
 TEST(GenerateErrors, ModelsOutsideTheContractAreNamed) {
@@ -235,8 +235,8 @@ TEST(GenerateErrors, ModelsOutsideTheContractAreNamed) {
     def forward(self, input_ids: Tensor) -> Tensor:
         return input_ids.float()
   )");
-  expect_error([&] { pipeline::generate(m, {1}, 0, GenerateConfig{}); }, "the model has no method 'init_cache'");
-  expect_error([&] { pipeline::evaluate_nll(m, {{1, 2, 3}}, 16); }, "expected [batch, length, vocab]");
+  expect_error([&] { text::generate(m, {1}, 0, GenerateConfig{}); }, "the model has no method 'init_cache'");
+  expect_error([&] { text::evaluate_nll(m, {{1, 2, 3}}, 16); }, "expected [batch, length, vocab]");
 }
 
 }  // namespace

@@ -11,7 +11,7 @@
 #include <fstream>
 #include <random>
 
-#include "lwq/pipeline/evaluate.h"
+#include "lwq/text/evaluate.h"
 #include "lwq/text/tokenizer.h"
 #include "test_util.h"
 
@@ -281,7 +281,7 @@ bool RealTokenizer::python_ok_ = false;
 TEST_F(RealTokenizer, EncodesTheFirst200SegmentsAsThePythonReference) {
   const Tokenizer t = Tokenizer::load(*data_ + "/tok512.bin");
   EXPECT_EQ(t.vocab_size(), 512);
-  const std::vector<std::string> segments = pipeline::read_segments(*data_ + "/tinystories_val.txt", 200);
+  const std::vector<std::string> segments = text::read_segments(*data_ + "/tinystories_val.txt", 200);
   ASSERT_EQ(segments, ref_["segments"].get<std::vector<std::string>>());
   const auto expected = ref_["ids"].get<std::vector<std::vector<int64_t>>>();
   ASSERT_EQ(expected.size(), 200u);

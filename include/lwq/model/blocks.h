@@ -66,6 +66,10 @@ class ObserveLinearInputs {
   LinearInputObserver previous_;
 };
 
+// The kernel of lwq::_observe_linear_input (registered with the core library's schemas, src/bindings/): hands
+// (x, weight) to the current scope's observer and returns x.
+at::Tensor observe_linear_input(const at::Tensor& x, const at::Tensor& weight);
+
 // Where the input of a group of linears (layers reading one value) comes from, for folding per-input-channel
 // scales s into it (x / s computed by the producer instead of a multiply before each linear).
 struct ScaleFold {

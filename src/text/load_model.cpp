@@ -1,4 +1,4 @@
-#include "lwq/pipeline/load_model.h"
+#include "lwq/text/load_model.h"
 
 #include <malloc.h>
 #include <nlohmann/json.hpp>
@@ -12,7 +12,7 @@
 #include "lwq/model/surgery.h"
 
 namespace lwq {
-namespace pipeline {
+namespace text {
 
 namespace fs = std::filesystem;
 
@@ -92,5 +92,5 @@ void keep_freed_memory_in_heap() {
   mallopt(M_TRIM_THRESHOLD, 1 << 30);
 }
 
-}  // namespace pipeline
+}  // namespace text
 }  // namespace lwq

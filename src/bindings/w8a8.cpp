@@ -1,17 +1,18 @@
-// Operators of the observers, SmoothQuant and the W8A8 algorithm (schemas documented in include/lwq/w8a8.h).
-#include <torch/library.h>
-
-#include <tuple>
+// torch.ops.lwq: the observers, SmoothQuant and the W8A8 algorithm (semantics in include/lwq/w8a8.h).
+#include "bindings.h"
 
 #include "lwq/observers.h"
 #include "lwq/smoothquant.h"
 #include "lwq/w8a8.h"
 
 namespace lwq {
+namespace bindings {
 
 namespace {
 
 std::vector<at::Tensor> to_vector(at::TensorList batches) { return {batches.begin(), batches.end()}; }
+
+}  // namespace
 
 std::tuple<double, int64_t> observe_activation_qparams_op(at::TensorList batches, c10::string_view observer,
                                                           c10::string_view act_dtype) {
@@ -56,21 +57,5 @@ at::Tensor w8a8_fake_quant_linear_op(const at::Tensor& x, const at::Tensor& weig
                                 act_dtype_from_string(std::string(act_dtype)));
 }
 
-}  // namespace
-
-TORCH_LIBRARY_FRAGMENT(lwq, m) {
-  m.def("observe_activation_qparams(Tensor[] batches, str observer=\"minmax\", str act_dtype=\"uint8\") -> "
-        "(float scale, int zero_point)",
-        &observe_activation_qparams_op);
-  m.def("channel_absmax(Tensor[] batches) -> Tensor", &channel_absmax_op);
-  m.def("smoothquant_scales(Tensor act_absmax, Tensor weight, float alpha=0.5) -> Tensor", &smoothquant_scales_op);
-  m.def("w8a8_quantize(Tensor weight, Tensor? bias, Tensor[] batches, str observer=\"minmax\", "
-        "str act_dtype=\"uint8\", float? alpha=None) -> (__torch__.torch.classes.lwq.PackedWeight weight, "
-        "float act_scale, int act_zero_point, Tensor? smooth_scales, Dict(str, float) report)",
-        &w8a8_quantize_op);
-  m.def("w8a8_fake_quant_linear(Tensor x, Tensor weight_dequant, float act_scale, int act_zero_point, "
-        "Tensor? bias=None, str act_dtype=\"uint8\") -> Tensor",
-        &w8a8_fake_quant_linear_op);
-}
-
+}  // namespace bindings
 }  // namespace lwq

@@ -6,7 +6,7 @@
 #include <vector>
 
 namespace lwq {
-namespace pipeline {
+namespace model {
 
 struct LinearSummary {
   std::string name;
@@ -31,5 +31,5 @@ struct ModelSummary {
 ModelSummary inspect_model(const std::string& path);
 void print_summary(std::ostream& out, const ModelSummary& summary);
 
-}  // namespace pipeline
+}  // namespace model
 }  // namespace lwq

@@ -1,12 +1,12 @@
 // torch.ops.lwq.load_safetensors(path): every tensor of one safetensors file, validated and read by the C++ reader
 // (for Python scripts and tests). Floating tensors (F32/F16/BF16/F64) come back as float32, as the pipeline reads
 // weights; integer and BOOL tensors in their stored dtype.
-#include <torch/library.h>
+#include "bindings.h"
 
 #include "lwq/io/safetensors.h"
 
 namespace lwq {
-namespace {
+namespace bindings {
 
 c10::Dict<std::string, at::Tensor> load_safetensors_op(std::string path) {
   const auto file = io::SafetensorsFile::open(path);
@@ -19,8 +19,5 @@ c10::Dict<std::string, at::Tensor> load_safetensors_op(std::string path) {
   return out;
 }
 
-}  // namespace
-
-TORCH_LIBRARY_FRAGMENT(lwq, m) { m.def("load_safetensors(str path) -> Dict(str, Tensor)", &load_safetensors_op); }
-
+}  // namespace bindings
 }  // namespace lwq

@@ -1,5 +1,5 @@
 // `lwq inspect`: reads an archive (float, meta or quantized) and lists what it holds.
-#include "lwq/pipeline/inspect.h"
+#include "lwq/model/inspect.h"
 
 #include <algorithm>
 #include <iomanip>
@@ -8,7 +8,7 @@
 #include "lwq/model/surgery.h"
 
 namespace lwq {
-namespace pipeline {
+namespace model {
 
 namespace {
 
@@ -106,5 +106,5 @@ void print_summary(std::ostream& out, const ModelSummary& s) {
   out << "\n";
 }
 
-}  // namespace pipeline
+}  // namespace model
 }  // namespace lwq

@@ -1,12 +1,11 @@
 // torch.ops.lwq.rtn_quantize / gptq_hessian_add / gptq_quantize: the core library's RTN and GPTQ as operators.
-#include <torch/library.h>
+#include "bindings.h"
 
 #include "lwq/gptq.h"
 #include "lwq/rtn.h"
 
 namespace lwq {
-
-namespace {
+namespace bindings {
 
 PackedWeightPtr rtn_quantize_op(const at::Tensor& weight, const std::string& dtype, int64_t group_size, bool sym,
                                 bool mse_search) {
@@ -24,17 +23,5 @@ PackedWeightPtr gptq_quantize_op(const at::Tensor& weight, const at::Tensor& hes
   return gptq_quantize(weight, hessian, QuantSpec{dtype, group_size, sym}, options);
 }
 
-}  // namespace
-
-TORCH_LIBRARY_FRAGMENT(lwq, m) {
-  m.def("rtn_quantize(Tensor weight, str dtype, int group_size=128, bool sym=True, bool mse_search=False) -> "
-        "__torch__.torch.classes.lwq.PackedWeight",
-        &rtn_quantize_op);
-  m.def("gptq_hessian_add(Tensor hessian, Tensor x, int nsamples_seen) -> Tensor", &gptq_hessian_add);
-  m.def("gptq_quantize(Tensor weight, Tensor hessian, str dtype, int group_size=128, bool sym=True, "
-        "float percdamp=0.01, int block_size=128, bool act_order=False, bool static_groups=False) -> "
-        "__torch__.torch.classes.lwq.PackedWeight",
-        &gptq_quantize_op);
-}
-
+}  // namespace bindings
 }  // namespace lwq

@@ -1,15 +1,15 @@
 // Generation over the model's key/value cache (MODEL_CONTRACT.md), with run.c's stopping rules and sampler.
-#include "lwq/pipeline/generate.h"
+#include "lwq/text/generate.h"
 
 #include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <numeric>
 
-#include "lwq/pipeline/load_model.h"
+#include "lwq/text/load_model.h"
 
 namespace lwq {
-namespace pipeline {
+namespace text {
 
 namespace {
 
@@ -201,5 +201,5 @@ GenerateResult generate_text(const GenerateTextConfig& config, std::ostream& out
   return result;
 }
 
-}  // namespace pipeline
+}  // namespace text
 }  // namespace lwq

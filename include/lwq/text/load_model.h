@@ -7,7 +7,7 @@
 #include <string>
 
 namespace lwq {
-namespace pipeline {
+namespace text {
 
 // Loads `model_path` and, when `weights_path` is not empty, sets every parameter and buffer the weight store holds
 // (a file or a sharded directory, tensors named by qualified parameter name, converted to the archive's dtype).
@@ -27,5 +27,5 @@ int64_t model_max_seq_len(const torch::jit::Module& model, const std::string& mo
 // whose resident memory should fall as each layer is dropped.
 void keep_freed_memory_in_heap();
 
-}  // namespace pipeline
+}  // namespace text
 }  // namespace lwq

@@ -15,7 +15,7 @@
 #include "lwq/text/tokenizer.h"
 
 namespace lwq {
-namespace pipeline {
+namespace text {
 
 // run.c's sampler: xorshift random numbers, softmax at a temperature, optional nucleus (top-p) truncation.
 class Sampler {
@@ -68,5 +68,5 @@ struct GenerateTextConfig {
 // through Tokenizer::printable, flushed as it comes, then a newline).
 GenerateResult generate_text(const GenerateTextConfig& config, std::ostream& out);
 
-}  // namespace pipeline
+}  // namespace text
 }  // namespace lwq

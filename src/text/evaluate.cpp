@@ -1,6 +1,6 @@
 // Mean next-token NLL of a TorchScript model, and the text protocol of `lwq eval` (docs/evaluation.md); both
 // mirror scripts/llama2c.py (length_batches, pad_batch, sequence_nll, read_segments, eval_sequences).
-#include "lwq/pipeline/evaluate.h"
+#include "lwq/text/evaluate.h"
 
 #include <algorithm>
 #include <chrono>
@@ -8,10 +8,10 @@
 #include <iterator>
 #include <numeric>
 
-#include "lwq/pipeline/load_model.h"
+#include "lwq/text/load_model.h"
 
 namespace lwq {
-namespace pipeline {
+namespace text {
 
 namespace {
 
@@ -237,5 +237,5 @@ TextEvalResult evaluate_text(const EvalConfig& config) {
   return result;
 }
 
-}  // namespace pipeline
+}  // namespace text
 }  // namespace lwq

@@ -1,14 +1,12 @@
 // torch.ops.lwq.awq_search and torch.ops.lwq.teq_quantize: the AWQ and TEQ searches for one group of linears
 // sharing an input, returning the input scales and one packed weight per linear (of W diag(scales)).
-#include <torch/library.h>
+#include "bindings.h"
 
 #include "lwq/awq.h"
 #include "lwq/teq.h"
 
 namespace lwq {
-namespace {
-
-using PackedList = std::vector<PackedWeightPtr>;
+namespace bindings {
 
 std::tuple<at::Tensor, PackedList> awq_search_op(const at::Tensor& x, std::vector<at::Tensor> weights,
                                                  std::string dtype, int64_t group_size, bool sym, int64_t n_grid,
@@ -38,17 +36,5 @@ std::tuple<at::Tensor, PackedList> teq_quantize_op(const at::Tensor& x, std::vec
   return {r.scales, std::move(r.packed)};
 }
 
-}  // namespace
-
-TORCH_LIBRARY_FRAGMENT(lwq, m) {
-  m.def(
-      "awq_search(Tensor x, Tensor[] weights, str dtype, int group_size, bool sym, int n_grid=20, "
-      "bool clip_search=True) -> (Tensor scales, __torch__.torch.classes.lwq.PackedWeight[] packed)",
-      &awq_search_op);
-  m.def(
-      "teq_quantize(Tensor x, Tensor[] weights, str dtype, int group_size, bool sym, int steps=1000, "
-      "float lr=0.001, int seed=0) -> (Tensor scales, __torch__.torch.classes.lwq.PackedWeight[] packed)",
-      &teq_quantize_op);
-}
-
+}  // namespace bindings
 }  // namespace lwq

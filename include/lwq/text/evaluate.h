@@ -12,7 +12,7 @@
 #include "lwq/text/tokenizer.h"
 
 namespace lwq {
-namespace pipeline {
+namespace text {
 
 struct EvalResult {
   double nll = 0;        // mean NLL per predicted token, nats
@@ -65,5 +65,5 @@ struct TextEvalResult : EvalResult {
 // Loads the model, the tokenizer and the text, and evaluates (the whole `lwq eval`).
 TextEvalResult evaluate_text(const EvalConfig& config);
 
-}  // namespace pipeline
+}  // namespace text
 }  // namespace lwq
