@@ -13,45 +13,15 @@
 #include <set>
 #include <sstream>
 
+#include "graph_walk.h"
+#include "lwq/model/surgery.h"
+
 namespace lwq {
 namespace model {
 
 namespace jit = torch::jit;
 
 namespace {
-
-std::vector<std::string> split_path(const std::string& name) {
-  std::vector<std::string> out;
-  std::stringstream ss(name);
-  std::string part;
-  while (std::getline(ss, part, '.')) out.push_back(part);
-  return out;
-}
-
-std::string join_path(const std::vector<std::string>& parts) {
-  std::string out;
-  for (const auto& p : parts) out += (out.empty() ? "" : ".") + p;
-  return out;
-}
-
-void all_nodes(jit::Block* block, std::vector<jit::Node*>& out) {
-  for (jit::Node* n : block->nodes()) {
-    out.push_back(n);
-    for (jit::Block* b : n->blocks()) all_nodes(b, out);
-  }
-}
-
-// The submodule path from the graph's self to v (a GetAttr chain), or false.
-bool module_path(jit::Value* v, jit::Value* self, std::vector<std::string>& path) {
-  std::vector<std::string> rev;
-  while (v != self) {
-    if (v->node()->kind() != c10::prim::GetAttr) return false;
-    rev.push_back(v->node()->s(c10::attr::name));
-    v = v->node()->input();
-  }
-  path.assign(rev.rbegin(), rev.rend());
-  return true;
-}
 
 // Type names without TorchScript's "___torch_mangle_N." parts: instances of one Python class compare equal.
 std::string demangled_type(const jit::Module& m) {
@@ -70,11 +40,6 @@ std::vector<jit::Module> list_children(const jit::Module& m) {
     out.push_back(child.value);
   }
   return out;
-}
-
-jit::Module submodule(jit::Module m, const std::string& name) {
-  for (const auto& part : split_path(name)) m = m.attr(part).toModule();
-  return m;
 }
 
 // The graph that calls the blocks: a copy of root.forward with the calls on the way to the list inlined, and the
@@ -113,7 +78,7 @@ CallerGraph caller_graph(const jit::Module& root, const BlockList& blocks) {
     if (n->kind() != c10::prim::CallMethod || n->s(c10::attr::name) != "forward") continue;
     std::vector<std::string> path;
     if (!module_path(n->input(0), self, path)) continue;
-    const std::string name = join_path(path);
+    const std::string name = join_path("", path);
     for (size_t i = 0; i < blocks.blocks.size(); ++i) {
       if (name != blocks.blocks[i]) continue;
       TORCH_CHECK(cg.calls[i] == nullptr, "blocks: block '", name,
@@ -325,12 +290,12 @@ std::vector<ScaleFold> find_scale_folds(const jit::Module& module,
       std::vector<std::string> path;
       if (module_path(n->input(), self, path)) {
         path.push_back(n->s(c10::attr::name));
-        ++reads[join_path(path)];
+        ++reads[join_path("", path)];
       }
     }
     if (n->kind() != c10::aten::linear || n->input(1)->node()->kind() != c10::prim::GetAttr) continue;
     std::vector<std::string> path;
-    if (module_path(n->input(1)->node()->input(), self, path)) linears[join_path(path)].push_back(n);
+    if (module_path(n->input(1)->node()->input(), self, path)) linears[join_path("", path)].push_back(n);
   }
   // A tensor attribute read exactly once, whose only use is `use` (through dtype casts: weight.float()).
   auto sole_param = [&](jit::Value* v, std::string& name) {
@@ -339,7 +304,7 @@ std::vector<ScaleFold> find_scale_folds(const jit::Module& module,
     std::vector<std::string> path;
     if (!module_path(v->node()->input(), self, path)) return false;
     path.push_back(v->node()->s(c10::attr::name));
-    name = join_path(path);
+    name = join_path("", path);
     return reads[name] == 1;
   };
   // The layer whose single-use linear output is v.

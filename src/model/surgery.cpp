@@ -9,6 +9,8 @@
 #include <set>
 #include <unordered_map>
 
+#include "graph_walk.h"
+
 namespace lwq {
 namespace model {
 
@@ -27,26 +29,6 @@ struct CallSite {
 
 // A module type together with one of its tensor attributes: the unit at which a weight's uses are checked.
 using TypeAttr = std::pair<const c10::ClassType*, std::string>;
-
-void collect_nodes(jit::Block* block, std::vector<jit::Node*>& out) {
-  for (jit::Node* n : block->nodes()) {
-    out.push_back(n);
-    for (jit::Block* b : n->blocks()) collect_nodes(b, out);
-  }
-}
-
-// The submodule path from `self` to `v` when v is self or a GetAttr chain on it; false otherwise.
-bool path_from_self(jit::Value* v, jit::Value* self, std::vector<std::string>& path) {
-  std::deque<std::string> rev;
-  while (v != self) {
-    jit::Node* n = v->node();
-    if (n->kind() != c10::prim::GetAttr) return false;
-    rev.push_front(n->s(c10::attr::name));
-    v = n->input();
-  }
-  path.assign(rev.begin(), rev.end());
-  return true;
-}
 
 // Every graph of every distinct module type of the tree, with a representative instance.
 struct TypeGraphs {
@@ -78,7 +60,7 @@ Analysis analyze(const jit::Module& root) {
     for (const auto& graph : entry.second.graphs) {
       jit::Value* self = graph->inputs().at(0);
       std::vector<jit::Node*> nodes;
-      collect_nodes(graph->block(), nodes);
+      all_nodes(graph->block(), nodes);
       for (jit::Node* n : nodes) {
         if (n->kind() != c10::prim::GetAttr) continue;
         const auto owner_type = n->input()->type()->cast<c10::ClassType>();
@@ -86,7 +68,7 @@ Analysis analyze(const jit::Module& root) {
           continue;
         const std::string attr = n->s(c10::attr::name);
         std::vector<std::string> path;
-        const bool reachable = path_from_self(n->input(), self, path);
+        const bool reachable = module_path(n->input(), self, path);
         bool only_linear_weight = true;
         for (const jit::Use& use : n->output()->uses()) {
           if (use.user->kind() == c10::aten::linear && use.offset == 1 && reachable) {
@@ -103,17 +85,6 @@ Analysis analyze(const jit::Module& root) {
   return a;
 }
 
-std::string join(const std::string& prefix, const std::vector<std::string>& path) {
-  std::string out = prefix;
-  for (const auto& p : path) out += (out.empty() ? "" : ".") + p;
-  return out;
-}
-
-jit::Module follow(jit::Module m, const std::vector<std::string>& path) {
-  for (const auto& p : path) m = m.attr(p).toModule();
-  return m;
-}
-
 }  // namespace
 
 std::string LinearLayer::packed_attr_for(const std::string& weight_attr) {
@@ -128,7 +99,7 @@ std::vector<LinearLayer> find_linear_layers(const jit::Module& root) {
     if (found == a.sites.end()) continue;
     for (const CallSite& site : found->second) {
       LinearLayer layer;
-      layer.name = join(item.name, site.path);
+      layer.name = join_path(item.name, site.path);
       layer.weight_attr = site.weight_attr;
       const std::string key = layer.name + "\n" + layer.weight_attr;
       if (by_key.count(key)) continue;

@@ -21,6 +21,7 @@
 #include <sstream>
 
 #include "lwq/io/safetensors.h"
+#include "report.h"
 
 namespace lwq {
 namespace pipeline {
@@ -67,46 +68,6 @@ json fingerprint_of(const QuantizeConfig& c) {
           {"w8a8", {c.observer, c.act_dtype, c.smoothquant_alpha}},
           // Results are reproducible for a given thread count (GPTQ for any), so it is part of the identity.
           {"threads", at::get_num_threads()}};
-}
-
-json layer_to_json(const QuantizedLayer& q) {
-  return {{"name", q.name},
-          {"shape", q.shape},
-          {"dtype", q.dtype},
-          {"group_size", q.group_size},
-          {"sym", q.sym},
-          {"algorithm", q.report.algorithm},
-          {"weight_mse", q.report.weight_mse},
-          {"output_mse", q.report.output_mse},
-          {"baseline_output_mse", q.report.baseline_output_mse},
-          {"seconds", q.report.seconds},
-          {"adjustments", q.report.adjustments},
-          {"float_bytes", q.float_bytes},
-          {"packed_bytes", q.packed_bytes}};
-}
-
-// Errors not measured are -1; NaN (a failed measurement) is written as null.
-double number(const json& j, const char* key) {
-  const json& v = j.at(key);
-  return v.is_number() ? v.get<double>() : std::nan("");
-}
-
-QuantizedLayer layer_from_json(const json& j) {
-  QuantizedLayer q;
-  q.name = j.at("name");
-  q.shape = j.at("shape").get<std::vector<int64_t>>();
-  q.dtype = j.at("dtype");
-  q.group_size = j.at("group_size");
-  q.sym = j.at("sym");
-  q.report.algorithm = j.at("algorithm");
-  q.report.weight_mse = number(j, "weight_mse");
-  q.report.output_mse = number(j, "output_mse");
-  q.report.baseline_output_mse = number(j, "baseline_output_mse");
-  q.report.seconds = number(j, "seconds");
-  q.report.adjustments = j.at("adjustments").get<std::vector<std::string>>();
-  q.float_bytes = j.at("float_bytes");
-  q.packed_bytes = j.at("packed_bytes");
-  return q;
 }
 
 void write_bytes(const std::string& path, const std::vector<char>& bytes) {
@@ -216,7 +177,7 @@ void ResumeState::save_unit(int64_t k, const UnitState& unit, size_t samples, co
   for (const auto& entry : unit.params) params.insert(entry.first, entry.second);
   json report = {{"layers", json::array()}, {"folds", json::array()}};
   for (const auto& q : unit.layers) report["layers"].push_back(layer_to_json(q));
-  for (const auto& f : unit.folds) report["folds"].push_back({{"layers", f.layers}, {"applied", f.applied}});
+  for (const auto& f : unit.folds) report["folds"].push_back(fold_to_json(f));
   // A failed write (a full disk) keeps the units recorded before: state.json, written last, still names them.
   write_bytes(unit_path(dir_, k),
               torch::pickle_save(c10::ivalue::Tuple::create({packed, params, report.dump()})));
@@ -260,9 +221,7 @@ UnitState ResumeState::load_unit(int64_t k) const {
   }
   const json report = json::parse(elements.at(2).toStringRef());
   for (const auto& q : report.at("layers")) unit.layers.push_back(layer_from_json(q));
-  for (const auto& f : report.at("folds")) {
-    unit.folds.push_back({f.at("layers").get<std::vector<std::string>>(), f.at("applied").get<std::string>()});
-  }
+  for (const auto& f : report.at("folds")) unit.folds.push_back(fold_from_json(f));
   return unit;
 }
 

@@ -40,6 +40,9 @@ struct LinearLayer {
 // The linear layers of `root`, in named_modules() order (the order of the module tree, blocks first to last).
 std::vector<LinearLayer> find_linear_layers(const torch::jit::Module& root);
 
+// The submodule of `root` at a qualified name ("layers.3.attn"; "" is root itself).
+torch::jit::Module submodule(const torch::jit::Module& root, const std::string& name);
+
 // True when a module of `root` already holds a packed weight attribute (the archive was quantized before).
 bool is_quantized(const torch::jit::Module& root);
 
