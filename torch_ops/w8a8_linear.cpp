@@ -79,6 +79,9 @@ at::Tensor w8a8_linear(const at::Tensor& x, const PackedWeightPtr& w, double act
   return y.reshape(out_shape).to(x.scalar_type());
 }
 
-TORCH_LIBRARY_IMPL(lwq, CPU, m) { m.impl("w8a8_linear", &w8a8_linear); }
+TORCH_LIBRARY_IMPL(lwq, CPU, m) {
+  register_packed_weight();
+  m.impl("w8a8_linear", &w8a8_linear);
+}
 
 }  // namespace lwq

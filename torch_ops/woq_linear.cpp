@@ -84,6 +84,9 @@ at::Tensor woq_linear(const at::Tensor& x, const PackedWeightPtr& w, const c10::
   return y.reshape(out_shape).to(x.scalar_type());
 }
 
-TORCH_LIBRARY_IMPL(lwq, CPU, m) { m.impl("woq_linear", &woq_linear); }
+TORCH_LIBRARY_IMPL(lwq, CPU, m) {
+  register_packed_weight();
+  m.impl("woq_linear", &woq_linear);
+}
 
 }  // namespace lwq

@@ -70,6 +70,9 @@ at::Tensor woq_linear_a8(const at::Tensor& x, const PackedWeightPtr& w, const c1
   return y.reshape(out_shape).to(x.scalar_type());
 }
 
-TORCH_LIBRARY_IMPL(lwq, CPU, m) { m.impl("woq_linear_a8", &woq_linear_a8); }
+TORCH_LIBRARY_IMPL(lwq, CPU, m) {
+  register_packed_weight();
+  m.impl("woq_linear_a8", &woq_linear_a8);
+}
 
 }  // namespace lwq
