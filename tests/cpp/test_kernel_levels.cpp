@@ -12,7 +12,7 @@
 #include <sstream>
 #include <stdexcept>
 #include <string>
-#include <tuple>
+#include <ostream>
 #include <vector>
 
 #include "kernel_levels.h"
@@ -52,11 +52,25 @@ const Kernel kKernels[] = {
 };
 constexpr int kNumKernels = sizeof(kKernels) / sizeof(kKernels[0]);
 
-class KernelLevels : public ::testing::TestWithParam<std::tuple<int, Level>> {};
+struct Param {
+  int kernel;
+  Level level;
+};
+void PrintTo(const Param& p, std::ostream* os) {
+  *os << kKernels[p.kernel].name << " at " << kernels::level_name(p.level);
+}
+std::vector<Param> all_params() {
+  std::vector<Param> v;
+  for (int k = 0; k < kNumKernels; ++k)
+    for (Level l : kLevels) v.push_back({k, l});
+  return v;
+}
+
+class KernelLevels : public ::testing::TestWithParam<Param> {};
 
 TEST_P(KernelLevels, EqualsReference) {
-  const Kernel& k = kKernels[std::get<0>(GetParam())];
-  const Level level = std::get<1>(GetParam());
+  const Kernel& k = kKernels[GetParam().kernel];
+  const Level level = GetParam().level;
   if (level > kernels::cpu_level())
     GTEST_SKIP() << "this CPU lacks " << kernels::level_name(level) << " (it has up to "
                  << kernels::level_name(kernels::cpu_level()) << ")";
@@ -75,12 +89,11 @@ TEST_P(KernelLevels, EqualsReference) {
   k.check(level);
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    AllKernels, KernelLevels, ::testing::Combine(::testing::Range(0, kNumKernels), ::testing::ValuesIn(kLevels)),
-    [](const ::testing::TestParamInfo<std::tuple<int, Level>>& info) {
-      return std::string(kKernels[std::get<0>(info.param)].name) + "_" +
-             kernels::level_name(std::get<1>(info.param));
-    });
+INSTANTIATE_TEST_SUITE_P(AllKernels, KernelLevels, ::testing::ValuesIn(all_params()),
+                         [](const ::testing::TestParamInfo<Param>& info) {
+                           return std::string(kKernels[info.param.kernel].name) + "_" +
+                                  kernels::level_name(info.param.level);
+                         });
 
 TEST(KernelTable, LevelNamesParseAndUnknownNamesAreRefused) {
   for (Level l : kLevels) EXPECT_EQ(kernels::parse_level(kernels::level_name(l)), l);
