@@ -20,6 +20,7 @@
 #include "kernel_levels.h"
 #include "kernels/dispatch.h"
 #include "ops.h"
+#include "random_logical_weight.h"
 #include "random_weight.h"
 
 namespace lwq {
@@ -177,10 +178,7 @@ std::vector<Case> make_op_cases(const std::vector<std::array<int64_t, 3>>& shape
           for (const auto& s : shapes) {
             const int64_t M = s[0], N = s[1], K = s[2];
             const int64_t ng = group_count(gs, K);
-            at::Tensor q = at::randint(info.qmin(sym), info.qmax(sym) + 1, {N, K}, at::kInt);
-            at::Tensor scales = (at::rand({N, ng}) + 0.1) * 0.05;
-            c10::optional<at::Tensor> zeros;
-            if (!sym) zeros = at::randint(0, info.qmax(false) + 1, {N, ng}, at::kInt);
+            const auto [q, scales, zeros] = test::random_logical_weight(info, sym, N, K, ng);
             c10::optional<at::Tensor> g_idx;
             if (act_order) g_idx = at::randint(0, ng, {K}, at::kInt);
             Case c;
