@@ -2,6 +2,7 @@
 // (LWQ_CPU, or set_level). The only place that chooses between implementations.
 #include "dispatch.h"
 
+#include <algorithm>
 #include <atomic>
 #include <cstdio>
 #include <cstdlib>
@@ -55,7 +56,8 @@ bool env_set(const char* name) {
   return v && *v && std::strcmp(v, "0") != 0;
 }
 
-// The level LWQ_CPU asks for (clamped, with a warning), default cpu_level(). Warns about the retired variables.
+// The level LWQ_CPU asks for (clamped, with a warning), default cpu_level(). Warns about the retired variables
+// (once: the result is kept in a static).
 Level level_from_env() {
   static const struct {
     const char* name;
@@ -63,12 +65,11 @@ Level level_from_env() {
   } kRetired[] = {{"LWQ_FORCE_REF", "LWQ_CPU=ref"},
                   {"LWQ_NO_AVX512", "LWQ_CPU=avx_vnni"},
                   {"LWQ_NO_VNNI", "LWQ_CPU=avx2 (which also turns AVX-512 off)"}};
+  const char* v = std::getenv("LWQ_CPU");
+  const Level asked = v && *v ? parse_level(v) : cpu_level();  // throws first: no warnings before the error
   for (const auto& r : kRetired)
     if (env_set(r.name))
       std::fprintf(stderr, "lwq: %s is no longer read and has no effect; use %s\n", r.name, r.replacement);
-  const char* v = std::getenv("LWQ_CPU");
-  if (!v || !*v) return cpu_level();
-  const Level asked = parse_level(v);
   if (asked > cpu_level())
     std::fprintf(stderr, "lwq: LWQ_CPU=%s, but this CPU supports up to %s; using %s\n", v,
                  level_name(cpu_level()), level_name(cpu_level()));
