@@ -10,6 +10,9 @@
 //
 //   lwq_bench_kernels [--threads 1,2] [--m 1,4,16,64,512] [--shapes 4096x4096,11008x4096,4096x11008]
 //                     [--formats int4_g128,int4_g32,int4_pc,int8,w8a8,int4_g128_a8] [--quick] [--json]
+//
+// The kernels are those of the table in use (kernels/dispatch.h): the CPU's level, or LWQ_CPU's cap (e.g.
+// LWQ_CPU=avx2 for the plain AVX2 kernels on a CPU that has more); the level is printed first.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <immintrin.h>
@@ -26,6 +29,7 @@
 #include <string>
 #include <vector>
 
+#include "kernels/dispatch.h"
 #include "ops.h"
 
 namespace {
@@ -249,7 +253,10 @@ int main(int argc, char** argv) {
     at::set_num_threads(t);
     dram_bw[t] = dram_read_bandwidth(bw_buf);
   }
+  const char* level = lwq::kernels::level_name(lwq::kernels::table().level);
+  const char* cpu_level = lwq::kernels::level_name(lwq::kernels::cpu_level());
   if (!opt.json) {
+    std::printf("Kernel level: %s (this CPU: up to %s; LWQ_CPU caps it)\n", level, cpu_level);
     for (const auto& [t, bw] : dram_bw)
       std::printf("DRAM read bandwidth, %lld thread(s): %.1f GB/s median, %.1f GB/s best\n",
                   static_cast<long long>(t), bw.median / 1e9, bw.best / 1e9);
@@ -369,6 +376,8 @@ int main(int argc, char** argv) {
 
   if (opt.json) {
     nlohmann::json j;
+    j["kernel_level"] = level;
+    j["cpu_level"] = cpu_level;
     for (const auto& [t, bw] : dram_bw)
       j["dram_read_gbps"][std::to_string(t)] = {{"median", bw.median / 1e9}, {"best", bw.best / 1e9}};
     for (const Row& r : rows) {

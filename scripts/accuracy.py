@@ -30,6 +30,9 @@ from typing import Dict, List, Optional
 
 SCRIPTS_DIR = os.path.dirname(os.path.abspath(__file__))
 REPO_DIR = os.path.dirname(SCRIPTS_DIR)
+sys.path.insert(0, os.path.join(REPO_DIR, "python"))
+
+from lwq import tool as lwq_tool  # noqa: E402
 
 SEGMENTS = 600           # evaluation paragraphs: the first 600 (docs/evaluation.md's reference protocol)
 CALIB_LINES = 2000       # calibration text: the last 2000 lines of the file
@@ -136,17 +139,16 @@ class Tool:
     """Runs the lwq binary; a failing command ends the script with its stderr."""
 
     def __init__(self, build_dir: str, threads: int):
-        self.lwq = os.path.join(build_dir, "bin", "lwq")
+        self.lwq = str(lwq_tool.tool_path(build_dir))
         if not os.path.exists(self.lwq):
             sys.exit(f"accuracy: {self.lwq} not found: build the lwq_cli target first, or pass --build-dir")
         self.threads = threads
 
     def run(self, args: List[str]) -> subprocess.CompletedProcess:
-        cmd = [self.lwq, *args]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode != 0:
-            sys.exit(f"accuracy: command failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stderr}")
-        return proc
+        try:
+            return lwq_tool.run(args, exe=self.lwq)
+        except lwq_tool.ToolError as e:
+            sys.exit(f"accuracy: {e}")
 
     def eval_nll(self, model_args: List[str], tokenizer: str, text: str) -> Dict[str, float]:
         proc = self.run(["eval", *model_args, "--tokenizer", tokenizer, "--text", text, "--segments", str(SEGMENTS),

@@ -3,8 +3,8 @@
 
 The model: the real stories260K (llama2.c's tinyllamas) when ../shared/data holds it, otherwise a model of the same
 shape that scripts/train_tiny_llama.py trains here in a few minutes (seeded) on the license texts every Debian
-machine has (/usr/share/common-licenses). Either way it is exported with scripts/export_llama.py and then handled
-by the C++ tool alone (build/bin/lwq):
+machine has (/usr/share/common-licenses). Either way it is exported with scripts/export_llama.py (lwq.export) and
+then handled by the C++ tool alone (build/bin/lwq):
 
   lwq quantize  RTN, GPTQ and AWQ int4 (group 32, asymmetric) and W8A8 (int8 per channel, static int8 activations,
                 SmoothQuant 0.5), layer by layer; the calibrated ones on text that the evaluation does not use
@@ -27,15 +27,16 @@ import sys
 import textwrap
 import time
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 
 SCRIPTS_DIR = os.path.dirname(os.path.abspath(__file__))
 REPO_DIR = os.path.dirname(SCRIPTS_DIR)
-sys.path.insert(0, SCRIPTS_DIR)
+sys.path.insert(0, os.path.join(REPO_DIR, "python"))
 
-import llama2c  # noqa: E402
+from lwq import llama2c  # noqa: E402
+from lwq import tool as lwq_tool  # noqa: E402
 
 GROUP = ["--dtype", "int4", "--group-size", "32", "--asym"]
 # (label, file stem, lwq quantize options, calibrated)
@@ -68,15 +69,6 @@ class DemoModel:
     calib_what: str
     prompt: str
     about: str
-
-
-def run(cmd: Sequence[str], what: str) -> subprocess.CompletedProcess:
-    """Runs a command; on failure prints its output and stops the demo."""
-    proc = subprocess.run([str(c) for c in cmd], capture_output=True, text=True)
-    if proc.returncode != 0:
-        sys.stderr.write(proc.stdout + proc.stderr)
-        sys.exit(f"demo: {what} failed (exit {proc.returncode}): {' '.join(map(str, cmd))}")
-    return proc
 
 
 def stories_model(data: str, work: str) -> DemoModel:
@@ -132,37 +124,41 @@ def trained_model(work: str, steps: Optional[int], threads: int, retrain: bool) 
 
 
 class Tool:
+    """The lwq commands of the demo (a failing one raises lwq.tool.ToolError with its stderr)."""
+
     def __init__(self, build: str, threads: int):
-        self.exe = os.path.join(build, "bin", "lwq")
+        self.exe = str(lwq_tool.tool_path(build))
         self.threads = str(threads)
+
+    def run(self, args: List[str]) -> subprocess.CompletedProcess:
+        return lwq_tool.run(args, exe=self.exe)
 
     def quantize(self, model_dir: str, out: str, options: List[str], calib: Optional[List[str]]) -> Dict:
         report = out + ".report.json"
-        run([self.exe, "quantize", "--model", os.path.join(model_dir, "model.pt"), "--weights", model_dir,
-             *options, *(calib or []), "--out", out, "--report", report, "--threads", self.threads, "--quiet"],
-            f"lwq quantize {' '.join(options)}")
+        self.run(["quantize", "--model", os.path.join(model_dir, "model.pt"), "--weights", model_dir, *options,
+                  *(calib or []), "--out", out, "--report", report, "--threads", self.threads, "--quiet"])
         with open(report) as f:
             return json.load(f)
 
     def eval_nll(self, model: List[str], m: DemoModel) -> Dict:
         segments = ["--segments", str(m.eval_segments)] if m.eval_segments else []
-        proc = run([self.exe, "eval", *model, "--tokenizer", m.tokenizer, "--text", m.eval_text, *segments,
-                    "--threads", self.threads, "--json"], "lwq eval")
+        proc = self.run(["eval", *model, "--tokenizer", m.tokenizer, "--text", m.eval_text, *segments,
+                         "--threads", self.threads, "--json"])
         return json.loads(proc.stdout)
 
     def decode_speed(self, model: List[str], m: DemoModel, steps: int) -> Tuple[float, int]:
         """Decode tokens/s and the number of one-token forwards of a greedy run of up to `steps` positions from BOS
         (from lwq generate's statistics; a run ends early if the model emits BOS)."""
-        proc = run([self.exe, "generate", *model, "--tokenizer", m.tokenizer, "--steps", str(steps),
-                    "--no-stop-at-eos", "--threads", self.threads], "lwq generate")
+        proc = self.run(["generate", *model, "--tokenizer", m.tokenizer, "--steps", str(steps),
+                         "--no-stop-at-eos", "--threads", self.threads])
         found = re.search(r"decode ([0-9.eE+-]+) tokens/s \((\d+) one-token forwards", proc.stderr)
         if not found:
             sys.exit(f"demo: no decode rate in lwq generate's statistics: {proc.stderr.strip()}")
         return float(found.group(1)), int(found.group(2))
 
     def generate(self, model: List[str], m: DemoModel, steps: int) -> str:
-        return run([self.exe, "generate", *model, "--tokenizer", m.tokenizer, "--prompt", m.prompt, "--steps",
-                    str(steps), "--threads", self.threads], "lwq generate").stdout
+        return self.run(["generate", *model, "--tokenizer", m.tokenizer, "--prompt", m.prompt, "--steps",
+                         str(steps), "--threads", self.threads]).stdout
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -199,9 +195,9 @@ def format_table(rows: List[Dict]) -> str:
 
 def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--build", default=os.environ.get("LWQ_BUILD_DIR", os.path.join(REPO_DIR, "build")),
+    p.add_argument("--build", default=str(lwq_tool.build_dir()),
                    help="lwq build dir (default: $LWQ_BUILD_DIR or <repo>/build)")
-    p.add_argument("--data", default=llama2c.default_data_dir(),
+    p.add_argument("--data", default=os.path.normpath(os.path.join(REPO_DIR, "..", "shared", "data")),
                    help="dir with stories260K.bin, tok512.bin, tinystories_val.txt (default <repo>/../shared/data)")
     p.add_argument("--no-shared-data", action="store_true",
                    default=os.environ.get("LWQ_DEMO_NO_SHARED_DATA", "") not in ("", "0"),
@@ -231,8 +227,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         m = trained_model(work, args.train_steps, args.train_threads, args.retrain)
 
     fp32_dir = os.path.join(work, m.name, "fp32")
-    run([sys.executable, os.path.join(SCRIPTS_DIR, "export_llama.py"), "--llama2c", m.checkpoint, "--tokenizer",
-         m.tokenizer, "--out", fp32_dir, "--force", "--quiet"], "export_llama.py")
+    lwq_tool.run([os.path.join(SCRIPTS_DIR, "export_llama.py"), "--llama2c", m.checkpoint, "--tokenizer", m.tokenizer,
+                  "--out", fp32_dir, "--force", "--quiet"], exe=sys.executable)
     with open(os.path.join(fp32_dir, "config.json")) as f:
         config = json.load(f)
     seq_len = config["max_seq_len"]
@@ -313,4 +309,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except lwq_tool.ToolError as e:
+        sys.exit(f"demo: {e}")

@@ -9,11 +9,11 @@ separated paragraph has its whitespace collapsed and is cut after sentence or cl
 ("Preamble", ...) are dropped from the training text, so no held-out passage is ever trained on. Calibration text
 for the quantizers is a seeded sample of training passages.
 
-The tokenizer is llama2.c's tokenizer.bin format, as lwq's C++ tokenizer and scripts/llama2c.py read it: ids 0..2
+The tokenizer is llama2.c's tokenizer.bin format, as lwq's C++ tokenizer and lwq.llama2c read it: ids 0..2
 are <unk>, <s>, </s>, ids 3..258 the byte pieces <0x00>..<0xFF>, then one piece per character of the training text,
 then byte-pair merges learned from the training text (within space-led words, as SentencePiece pieces are), with
 scores falling in the order they were learned. The encoder (a dummy-prefix space, characters, then "merge the
-adjacent pair whose concatenation is the best-scoring piece") is the one in llama2c.py / src/text/tokenizer.cpp;
+adjacent pair whose concatenation is the best-scoring piece") is the one in lwq/llama2c.py / src/text/tokenizer.cpp;
 the training tokens are produced by that very encoder, so training and lwq eval see the same ids.
 
 Training: seeded init and batches, AdamW with warmup and cosine decay, a fixed number of steps (so the result does
@@ -50,10 +50,9 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "python"))
 
-import llama2c  # noqa: E402
-import lwq_llama  # noqa: E402
+from lwq import llama, llama2c  # noqa: E402
 
 LICENSES_DIR = "/usr/share/common-licenses"
 HELD_OUT_FILES = ("Apache-2.0", "Artistic")  # unrelated to the other texts: no shared boilerplate
@@ -62,9 +61,9 @@ SPECIAL_PIECES = [b"<unk>", b"\n<s>\n", b"\n</s>\n"]  # as llama2.c's tokenizers
 CALIB_PASSAGES = 400
 
 
-def model_config(vocab_size: int, seq_len: int) -> lwq_llama.LlamaConfig:
+def model_config(vocab_size: int, seq_len: int) -> llama.LlamaConfig:
     """stories260K's shape (dim 64, hidden 172, 5 blocks, 8 heads, 4 key/value heads), tied embeddings."""
-    return lwq_llama.LlamaConfig(dim=64, hidden_dim=172, n_layers=5, n_heads=8, n_kv_heads=4, vocab_size=vocab_size,
+    return llama.LlamaConfig(dim=64, hidden_dim=172, n_layers=5, n_heads=8, n_kv_heads=4, vocab_size=vocab_size,
                                  max_seq_len=seq_len, tied_embeddings=True)
 
 
@@ -164,7 +163,7 @@ def write_paragraphs(path: str, paragraphs: Sequence[str]) -> None:
 # Model
 
 
-def init_weights(model: lwq_llama.LlamaModel, cfg: lwq_llama.LlamaConfig, gen: torch.Generator) -> None:
+def init_weights(model: llama.LlamaModel, cfg: llama.LlamaConfig, gen: torch.Generator) -> None:
     """llama2.c's init: N(0, 0.02) everywhere, the residual output projections scaled by 1/sqrt(2 * n_layers),
     norms at 1; the classifier is the embedding."""
     with torch.no_grad():
@@ -178,7 +177,7 @@ def init_weights(model: lwq_llama.LlamaModel, cfg: lwq_llama.LlamaConfig, gen: t
     model.lm_head.weight = model.embed_tokens.weight
 
 
-def write_llama2c(path: str, model: lwq_llama.LlamaModel, cfg: lwq_llama.LlamaConfig) -> None:
+def write_llama2c(path: str, model: llama.LlamaModel, cfg: llama.LlamaConfig) -> None:
     """llama2.c's legacy checkpoint (the layout llama2c.Checkpoint reads): header, then each array stacked over the
     layers, then the rotary tables; positive vocab size = shared classifier."""
     state = {k: v.detach().float().contiguous() for k, v in model.state_dict().items()}
@@ -187,7 +186,7 @@ def write_llama2c(path: str, model: lwq_llama.LlamaModel, cfg: lwq_llama.LlamaCo
     def stacked(suffix: str) -> List[torch.Tensor]:
         return [state[f"layers.{i}.{suffix}"] for i in range(L)]
 
-    cos, sin = lwq_llama.rotary_tables(cfg)
+    cos, sin = llama.rotary_tables(cfg)
     arrays = [state["embed_tokens.weight"]]
     for suffix in ["input_layernorm.weight", "self_attn.q_proj.weight", "self_attn.k_proj.weight",
                    "self_attn.v_proj.weight", "self_attn.o_proj.weight", "post_attention_layernorm.weight",
@@ -297,7 +296,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         f"{len(pieces)} pieces; {time.perf_counter() - start:.1f} s")
 
     cfg = model_config(len(pieces), args.seq_len)
-    model = lwq_llama.LlamaModel(cfg)
+    model = llama.LlamaModel(cfg)
     gen = torch.Generator().manual_seed(args.seed)
     init_weights(model, cfg, gen)
     decay = [p for n, p in model.named_parameters() if p.dim() == 2]
@@ -309,7 +308,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     def heldout_nll() -> float:
         model.eval()
-        total, count = lwq_llama.sequence_nll(model, heldout_seqs)
+        total, count = llama.sequence_nll(model, heldout_seqs)
         model.train()
         return total / count
 

@@ -35,6 +35,7 @@ at::Tensor w8a8_linear_meta(const at::Tensor& x, const PackedWeightPtr& w, doubl
 }  // namespace
 
 TORCH_LIBRARY_IMPL(lwq, Meta, m) {
+  register_packed_weight();
   m.impl("woq_linear", &woq_linear_meta);
   m.impl("woq_linear_a8", &woq_linear_a8_meta);
   m.impl("w8a8_linear", &w8a8_linear_meta);

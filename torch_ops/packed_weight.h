@@ -79,4 +79,10 @@ class PackedWeight : public torch::CustomClassHolder {
   int64_t uniform_group_ = 0;
 };
 
+// Registers torch.classes.lwq.PackedWeight (methods and def_pickle) the first time it is called and does nothing
+// after, as PyTorch's register_linear_params / register_embedding_params do. Every TORCH_LIBRARY and
+// TORCH_LIBRARY_IMPL block whose schemas or kernels name the class calls it first, so static initialization order
+// (link order, library load order) does not matter.
+void register_packed_weight();
+
 }  // namespace lwq

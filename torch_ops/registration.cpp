@@ -1,5 +1,7 @@
-// The one TORCH_LIBRARY(lwq, m): the PackedWeight class first, then every schema of liblwq_ops. Implementations
-// are registered next to their code (TORCH_LIBRARY_IMPL in woq_linear.cpp, w8a8_linear.cpp, ops_meta.cpp).
+// The one TORCH_LIBRARY(lwq, m): the PackedWeight class (register_packed_weight, idempotent), then every schema of
+// liblwq_ops. Implementations are registered next to their code (TORCH_LIBRARY_IMPL in woq_linear.cpp,
+// woq_linear_a8.cpp, w8a8_linear.cpp, ops_meta.cpp), each block calling register_packed_weight first, so the
+// order in which the files' static initializers run does not matter.
 #include <torch/library.h>
 
 #include "ops.h"
@@ -26,18 +28,25 @@ PackedWeightPtr pack_weight(const at::Tensor& q, const at::Tensor& scales, const
 
 }  // namespace
 
+void register_packed_weight() {
+  using Ptr = c10::intrusive_ptr<PackedWeight>;
+  static const auto registered =
+      torch::class_<PackedWeight>("lwq", "PackedWeight")
+          .def("dtype", &PackedWeight::dtype)
+          .def("out_features", &PackedWeight::out_features)
+          .def("in_features", &PackedWeight::in_features)
+          .def("group_size", &PackedWeight::group_size)
+          .def("sym", &PackedWeight::sym)
+          .def("has_g_idx", &PackedWeight::has_g_idx)
+          .def("nbytes", &PackedWeight::nbytes)
+          .def("describe", &PackedWeight::repr)
+          .def_pickle([](const Ptr& self) -> PackedWeight::State { return self->state(); },
+                      [](PackedWeight::State state) -> Ptr { return PackedWeight::from_state(state); });
+  (void)registered;
+}
+
 TORCH_LIBRARY(lwq, m) {
-  m.class_<PackedWeight>("PackedWeight")
-      .def("dtype", &PackedWeight::dtype)
-      .def("out_features", &PackedWeight::out_features)
-      .def("in_features", &PackedWeight::in_features)
-      .def("group_size", &PackedWeight::group_size)
-      .def("sym", &PackedWeight::sym)
-      .def("has_g_idx", &PackedWeight::has_g_idx)
-      .def("nbytes", &PackedWeight::nbytes)
-      .def("describe", &PackedWeight::repr)
-      .def_pickle([](const PackedWeightPtr& self) -> PackedWeight::State { return self->state(); },
-                  [](PackedWeight::State state) -> PackedWeightPtr { return PackedWeight::from_state(state); });
+  register_packed_weight();
 
   m.def("quantize_weight(Tensor weight, str dtype, int group_size=128, bool sym=True) -> "
         "__torch__.torch.classes.lwq.PackedWeight",

@@ -6,7 +6,7 @@
 #include <atomic>
 #include <cmath>
 
-#include "kernels/w8a8.h"
+#include "kernels/dispatch.h"
 #include "ops.h"
 
 namespace lwq {
@@ -60,12 +60,11 @@ at::Tensor w8a8_linear(const at::Tensor& x, const PackedWeightPtr& w, double act
   int16_t* dd = d.data_ptr<int16_t>();
   int32_t* rs = row_sum.data_ptr<int32_t>();
   const int32_t zp = static_cast<int32_t>(act_zero_point);
-  const bool avx2 = kernels::cpu_has_avx2_fma();
+  const kernels::KernelTable& kt = kernels::table();
   std::atomic<bool> has_nan{false};
   at::parallel_for(0, M, std::max<int64_t>(1, 65536 / std::max<int64_t>(v.K, 1)), [&](int64_t m0, int64_t m1) {
-    const auto quantize = avx2 ? kernels::w8a8_quantize_acts_avx2 : kernels::w8a8_quantize_acts_ref;
-    if (!quantize(xd + m0 * v.K, m1 - m0, v.K, v.K, act_scale_f, zp, qmin, qmax, dd + m0 * v.K_pad, v.K_pad,
-                  rs + m0))
+    if (!kt.w8a8_quantize(xd + m0 * v.K, m1 - m0, v.K, v.K, act_scale_f, zp, qmin, qmax, dd + m0 * v.K_pad,
+                          v.K_pad, rs + m0))
       has_nan = true;
   });
   TORCH_CHECK(!has_nan, "w8a8_linear: x contains NaN, which has no quantized value");
@@ -74,15 +73,15 @@ at::Tensor w8a8_linear(const at::Tensor& x, const PackedWeightPtr& w, double act
   const float* bd = b.defined() ? b.data_ptr<float>() : nullptr;
   float* yd = y.data_ptr<float>();
   // All three kernels give the same bits (exact integer sums, one shared epilogue).
-  const auto gemm = kernels::cpu_has_avx_vnni() ? kernels::w8a8_gemm_avx_vnni
-                    : avx2                      ? kernels::w8a8_gemm_avx2
-                                                : kernels::w8a8_gemm_ref;
   at::parallel_for(0, v.N_pad / kernels::kTileN, 1, [&](int64_t t0, int64_t t1) {
-    gemm(v, dd, rs, M, v.K_pad, act_scale_f, bd, yd, v.N, t0, t1);
+    kt.w8a8_gemm(v, dd, rs, M, v.K_pad, act_scale_f, bd, yd, v.N, t0, t1);
   });
   return y.reshape(out_shape).to(x.scalar_type());
 }
 
-TORCH_LIBRARY_IMPL(lwq, CPU, m) { m.impl("w8a8_linear", &w8a8_linear); }
+TORCH_LIBRARY_IMPL(lwq, CPU, m) {
+  register_packed_weight();
+  m.impl("w8a8_linear", &w8a8_linear);
+}
 
 }  // namespace lwq

@@ -5,8 +5,7 @@
 
 #include <algorithm>
 
-#include "kernels/format.h"
-#include "kernels/woq_gemm_avx2.h"
+#include "kernels/dispatch.h"
 #include "ops.h"
 
 namespace lwq {
@@ -15,16 +14,18 @@ namespace {
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-// The AVX2 kernel over all of y. Work items are (row chunk, tile) pairs, row-chunk major, so a thread gets a
-// contiguous run of tiles. Rows are only cut when there are too few tiles to keep every thread busy (small N,
-// large M). The path is chosen from the whole M, and within a path every output is summed in a fixed order, so
-// the bits do not depend on the number of threads.
-void run_avx2(const kernels::WeightView& v, const float* x, int64_t M, const float* bias, float* y) {
+// The kernel table's GEMM over all of y. Work items are (row chunk, tile) pairs, row-chunk major, so a thread gets
+// a contiguous run of tiles. Rows are only cut when there are too few tiles to keep every thread busy (small N,
+// large M), and only for a SIMD kernel (the reference computes every output on its own: cutting its rows would
+// only repeat its decoding). The path is chosen from the whole M, and within a path every output is summed in a
+// fixed order, so the bits do not depend on the number of threads.
+void run(kernels::WoqGemmFn gemm, bool cut_rows, const kernels::WeightView& v, const float* x, int64_t M,
+         const float* bias, float* y) {
   const int64_t n_tiles = v.N_pad / kernels::kTileN;
   const kernels::WoqPath path = kernels::woq_path_for(M);
   const int64_t n_threads = at::get_num_threads();
   int64_t m_chunk = M;
-  if (path == kernels::WoqPath::Blocked && n_threads > 1 && n_tiles < 4 * n_threads)
+  if (cut_rows && path == kernels::WoqPath::Blocked && n_threads > 1 && n_tiles < 4 * n_threads)
     m_chunk = std::max<int64_t>(24, kernels::round_up(ceil_div(M, 2 * n_threads), 6));
   const int64_t n_chunks = ceil_div(M, m_chunk);
   at::parallel_for(0, n_chunks * n_tiles, 1, [&](int64_t i0, int64_t i1) {
@@ -32,7 +33,7 @@ void run_avx2(const kernels::WeightView& v, const float* x, int64_t M, const flo
       const int64_t chunk = i / n_tiles, t0 = i % n_tiles;
       const int64_t t1 = std::min(n_tiles, t0 + (i1 - i));
       const int64_t m0 = chunk * m_chunk, rows = std::min(m_chunk, M - m0);
-      kernels::woq_gemm_avx2_path(v, x + m0 * v.K_pad, rows, v.K_pad, bias, y + m0 * v.N, v.N, t0, t1, path);
+      gemm(v, x + m0 * v.K_pad, rows, v.K_pad, bias, y + m0 * v.N, v.N, t0, t1, path);
       i += t1 - t0;
     }
   });
@@ -78,16 +79,14 @@ at::Tensor woq_linear(const at::Tensor& x, const PackedWeightPtr& w, const c10::
   const float* xd = xp.data_ptr<float>();
   const float* bd = b.defined() ? b.data_ptr<float>() : nullptr;
   float* yd = y.data_ptr<float>();
-  if (kernels::cpu_has_avx2_fma()) {
-    run_avx2(v, xd, M, bd, yd);
-  } else {
-    at::parallel_for(0, v.N_pad / kernels::kTileN, 1, [&](int64_t t0, int64_t t1) {
-      kernels::woq_gemm_ref(v, xd, M, v.K_pad, bd, yd, v.N, t0, t1);
-    });
-  }
+  const kernels::KernelTable& kt = kernels::table();
+  run(kt.woq_gemm, kt.level != kernels::Level::Ref, v, xd, M, bd, yd);
   return y.reshape(out_shape).to(x.scalar_type());
 }
 
-TORCH_LIBRARY_IMPL(lwq, CPU, m) { m.impl("woq_linear", &woq_linear); }
+TORCH_LIBRARY_IMPL(lwq, CPU, m) {
+  register_packed_weight();
+  m.impl("woq_linear", &woq_linear);
+}
 
 }  // namespace lwq

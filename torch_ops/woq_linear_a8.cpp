@@ -8,7 +8,7 @@
 #include <algorithm>
 #include <atomic>
 
-#include "kernels/woq_a8.h"
+#include "kernels/dispatch.h"
 #include "ops.h"
 
 namespace lwq {
@@ -38,11 +38,10 @@ at::Tensor woq_linear_a8(const at::Tensor& x, const PackedWeightPtr& w, const c1
   float* dd = d.data_ptr<float>();
   int32_t* sd = xsum.data_ptr<int32_t>();
   std::atomic<bool> finite{true};
-  const bool avx2 = kernels::cpu_has_avx2_fma();
-  const auto quantize = avx2 ? kernels::woq_a8_quantize_acts_avx2 : kernels::woq_a8_quantize_acts_ref;
+  const kernels::KernelTable& kt = kernels::table();
   at::parallel_for(0, M, std::max<int64_t>(1, 65536 / v.K_pad), [&](int64_t m0, int64_t m1) {
-    if (!quantize(v, blocks, xd + m0 * v.K_pad, m1 - m0, v.K_pad, xqd + m0 * v.K_pad,
-                                       dd + m0 * n_blocks, sd + m0 * n_blocks))
+    if (!kt.woq_a8_quantize(v, blocks, xd + m0 * v.K_pad, m1 - m0, v.K_pad, xqd + m0 * v.K_pad, dd + m0 * n_blocks,
+                            sd + m0 * n_blocks))
       finite = false;
   });
   TORCH_CHECK(finite, "woq_linear_a8: x contains NaN or Inf, which has no int8 quantized value (woq_linear "
@@ -64,16 +63,16 @@ at::Tensor woq_linear_a8(const at::Tensor& x, const PackedWeightPtr& w, const c1
       const int64_t t1 = std::min(n_tiles, t0 + (i1 - i));
       const int64_t m0 = chunk * m_chunk, rows = std::min(m_chunk, M - m0);
       const kernels::A8Acts acts{xqd + m0 * v.K_pad, dd + m0 * n_blocks, sd + m0 * n_blocks};
-      if (avx2)
-        kernels::woq_a8_gemm_avx2(v, blocks, acts, rows, bd, yd + m0 * v.N, v.N, t0, t1);
-      else
-        kernels::woq_a8_gemm_ref(v, blocks, acts, rows, bd, yd + m0 * v.N, v.N, t0, t1);
+      kt.woq_a8_gemm(v, blocks, acts, rows, bd, yd + m0 * v.N, v.N, t0, t1);
       i += t1 - t0;
     }
   });
   return y.reshape(out_shape).to(x.scalar_type());
 }
 
-TORCH_LIBRARY_IMPL(lwq, CPU, m) { m.impl("woq_linear_a8", &woq_linear_a8); }
+TORCH_LIBRARY_IMPL(lwq, CPU, m) {
+  register_packed_weight();
+  m.impl("woq_linear_a8", &woq_linear_a8);
+}
 
 }  // namespace lwq

@@ -1,49 +1,14 @@
 """Reading `lwq export --format safetensors` files: plain data (a JSON header and raw little-endian tensors), no
 pickle and no TorchScript code, so nothing in the file is executed."""
 import json
-import pathlib
-import struct
-from typing import Dict, Tuple
 
 import torch
 
 from ._library import load_library
 from .modules import QuantLinear, _set_submodule
+from .safetensors import read_safetensors
 
-_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-           "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-           "BOOL": torch.bool}
 _STATE_VERSION = 1  # of the PackedWeight state this reader builds (docs/packed-format.md)
-
-
-def read_safetensors(path) -> Tuple[Dict[str, torch.Tensor], Dict[str, str]]:
-    """(tensors, metadata) of a safetensors file. Raises ValueError naming the file and tensor on a malformed file."""
-    data = pathlib.Path(path).read_bytes()
-    if len(data) < 8:
-        raise ValueError(f"{path}: {len(data)} bytes, too short for a safetensors header")
-    (n,) = struct.unpack("<Q", data[:8])
-    if 8 + n > len(data):
-        raise ValueError(f"{path}: header of {n} bytes runs past the end of the file ({len(data)} bytes)")
-    header = json.loads(data[8:8 + n])
-    base = 8 + n
-    tensors = {}
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        dtype = _DTYPES.get(info.get("dtype"))
-        if dtype is None:
-            raise ValueError(f"{path}: tensor '{name}' has unknown dtype {info.get('dtype')!r}")
-        begin, end = info["data_offsets"]
-        shape = list(info["shape"])
-        numel = 1
-        for d in shape:
-            numel *= d
-        if begin < 0 or end > len(data) - base or end - begin != numel * torch.empty(0, dtype=dtype).element_size():
-            raise ValueError(f"{path}: tensor '{name}': byte range [{begin}, {end}) does not fit shape {shape} "
-                             f"of {info['dtype']} in the file")
-        raw = bytearray(data[base + begin:base + end])
-        tensors[name] = torch.frombuffer(raw, dtype=dtype).reshape(shape) if raw else torch.empty(shape, dtype=dtype)
-    return tensors, dict(header.get("__metadata__", {}))
 
 
 def _packed_from_state(state):

@@ -1,5 +1,5 @@
-// TorchScript surgery on the models of scripts/make_test_models.py (a scripted model with meta parameters and a
-// traced one with real weights) and on small modules defined here: finding linears, swapping in packed weights,
+// TorchScript surgery on the models of tests/python/fixtures/make_test_models.py (a scripted model with meta
+// parameters and a traced one with real weights) and on small modules defined here: finding linears, swapping in packed weights,
 // per-instance behaviour of a shared class type, and the archive round trip.
 #include <ATen/Parallel.h>
 #include <gtest/gtest.h>
@@ -24,8 +24,8 @@ class Surgery : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
     dir_ = new std::string((fs::temp_directory_path() / ("lwq_surgery_" + std::to_string(::getpid()))).string());
-    const std::string cmd = "/usr/bin/python3 " LWQ_SOURCE_DIR "/scripts/make_test_models.py --seed 5 --out " +
-                            *dir_ + " > /dev/null 2>&1";
+    const std::string cmd = LWQ_PYTHON " " LWQ_SOURCE_DIR "/tests/python/fixtures/make_test_models.py --seed 5 "
+                            "--out " + *dir_ + " > /dev/null 2>&1";
     ok_ = std::system(cmd.c_str()) == 0;
   }
   static void TearDownTestSuite() {
@@ -34,7 +34,8 @@ class Surgery : public ::testing::Test {
     delete dir_;
   }
   void SetUp() override {
-    if (!ok_) GTEST_SKIP() << "scripts/make_test_models.py did not run (/usr/bin/python3 with torch needed)";
+    // Not a skip: the fixture needs only what scripts/setup.sh installs.
+    ASSERT_TRUE(ok_) << "tests/python/fixtures/make_test_models.py did not run (" LWQ_PYTHON " with torch needed)";
   }
   static std::string path(const std::string& name) { return *dir_ + "/" + name; }
   static at::Tensor reference_input(const std::string& model) {

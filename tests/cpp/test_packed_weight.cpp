@@ -1,6 +1,9 @@
-// PackedWeight: layout round trips, RTN error budgets, the op against its float definition, state validation.
+// PackedWeight: layout round trips, RTN error budgets, the op against its float definition, state validation,
+// idempotent class registration.
 #include <ATen/Parallel.h>
+#include <ATen/core/dispatch/Dispatcher.h>
 #include <gtest/gtest.h>
+#include <torch/custom_class.h>
 
 #include "kernels/format.h"
 #include "ops.h"
@@ -234,6 +237,26 @@ TEST(PackedWeight, StateValidationRefusesCorruptState) {
   s = good;
   std::get<9>(s) = at::full({40}, 7, at::kInt);
   expect_error([&] { PackedWeight::from_state(s); }, "g_idx must lie in [0, 2]");
+}
+
+// The class is registered by whichever registration block of liblwq_ops runs first (ops_meta.cpp's, in source
+// order); calling register_packed_weight again changes nothing, and every op that names the class is there.
+TEST(PackedWeight, RegistrationIsIdempotent) {
+  const auto before = c10::getCustomClassType<PackedWeightPtr>();
+  ASSERT_TRUE(before);
+  register_packed_weight();
+  register_packed_weight();
+  EXPECT_EQ(c10::getCustomClassType<PackedWeightPtr>(), before);
+  EXPECT_EQ(torch::getCustomClass("__torch__.torch.classes.lwq.PackedWeight"), before);
+  EXPECT_TRUE(before->findMethod("__getstate__") && before->findMethod("__setstate__") && before->findMethod("dtype"));
+  for (const char* op : {"lwq::quantize_weight", "lwq::pack_weight", "lwq::unpack_weight", "lwq::dequantize_weight"})
+    EXPECT_TRUE(c10::Dispatcher::singleton().findSchema({op, ""}).has_value()) << op;
+  for (const char* op : {"lwq::woq_linear", "lwq::woq_linear_a8", "lwq::w8a8_linear"}) {
+    const auto h = c10::Dispatcher::singleton().findSchema({op, ""});
+    ASSERT_TRUE(h.has_value()) << op;
+    EXPECT_TRUE(h->hasKernelForDispatchKey(c10::DispatchKey::CPU)) << op;
+    EXPECT_TRUE(h->hasKernelForDispatchKey(c10::DispatchKey::Meta)) << op;
+  }
 }
 
 }  // namespace

@@ -1,6 +1,6 @@
 // The llama2.c tokenizer: a small vocabulary written here (encode/decode, byte fallback, merge order against a
-// quadratic reference, malformed files), then the real tok512.bin against scripts/llama2c.py (skipped when
-// ../shared/data is absent).
+// quadratic reference, malformed files), then the real tok512.bin against lwq.llama2c, python/lwq/llama2c.py
+// (skipped when ../shared/data is absent).
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
@@ -232,24 +232,24 @@ class RealTokenizer : public ::testing::Test {
     const std::string data = test::shared_data_dir();
     if (data.empty() || !fs::exists(data + "/tok512.bin")) return;
     data_ = new std::string(data);
-    // The Python reference (scripts/llama2c.py) writes what the C++ side must reproduce.
+    // The Python reference (lwq.llama2c, python/lwq/llama2c.py) writes what the C++ side must reproduce.
     out_ = new std::string((fs::temp_directory_path() / ("lwq_tok_ref_" + std::to_string(::getpid()) + ".json")).string());
     const std::string script =
         "import json, sys\n"
-        "sys.path.insert(0, '" LWQ_SOURCE_DIR "/scripts')\n"
-        "import llama2c\n"
+        "sys.path.insert(0, '" LWQ_SOURCE_DIR "/python')\n"
+        "from lwq import llama, llama2c\n"
         "d = sys.argv[1]\n"
         "tok = llama2c.Tokenizer(d + '/tok512.bin')\n"
         "segs = llama2c.read_segments(d + '/tinystories_val.txt', 200)\n"
         "extra = ['naïve café – “quoted” 日本 🙂', 'a  b\\tc', 'x', ' leading', 'trailing ', '\\u00a0nbsp\\u00a0']\n"
-        "greedy = llama2c.generate_greedy(llama2c.load_model(d + '/stories260K.bin'), 256)\n"
+        "greedy = llama.generate_greedy(llama2c.load_model(d + '/stories260K.bin'), 256)\n"
         "json.dump({'segments': segs, 'ids': [tok.encode(s, bos=True) for s in segs],\n"
         "           'extra': extra, 'extra_ids': [tok.encode(s, bos=True, eos=True) for s in extra],\n"
         "           'extra_decoded': [tok.decode(tok.encode(s, bos=True, eos=True)) for s in extra],\n"
         "           'greedy': greedy}, open(sys.argv[2], 'w'))\n";
     const std::string script_path = *out_ + ".py";
     write_bytes(script_path, script);
-    const std::string cmd = "/usr/bin/python3 " + script_path + " " + data + " " + *out_;
+    const std::string cmd = LWQ_PYTHON " " + script_path + " " + data + " " + *out_;
     python_ok_ = std::system(cmd.c_str()) == 0;
   }
   static void TearDownTestSuite() {
@@ -265,7 +265,7 @@ class RealTokenizer : public ::testing::Test {
   void SetUp() override {
     if (!data_) GTEST_SKIP() << "real test material absent: ../shared/data/tok512.bin not found";
     // Not a skip: with the data present, the comparison must happen.
-    ASSERT_TRUE(python_ok_) << "the Python reference (/usr/bin/python3 scripts/llama2c.py) failed to run";
+    ASSERT_TRUE(python_ok_) << "the Python reference (" LWQ_PYTHON " with lwq.llama2c) failed to run";
     std::ifstream in(*out_);
     ref_ = nlohmann::json::parse(in);
   }

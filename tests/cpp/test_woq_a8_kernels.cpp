@@ -1,6 +1,7 @@
 // The int8-activation weight-only path (kernels/woq_a8.h, lwq::woq_linear_a8): the block cut and the activation
-// quantization as documented, the AVX2 GEMM equal to the scalar reference bit for bit on awkward shapes and under
-// any split of rows and tiles, and the op within the documented error bound of the exact woq_linear.
+// quantization as documented, the kernels of every ISA level equal to the scalar reference bit for bit on awkward
+// shapes and under any split of rows and tiles (test::check_woq_a8_*, run by test_kernel_levels.cpp), and the op
+// within the documented error bound of the exact woq_linear.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/dispatch/Dispatcher.h>
@@ -16,16 +17,19 @@
 #include <string>
 #include <vector>
 
-#include "kernels/format.h"
-#include "random_weight.h"
-#include "kernels/woq_a8.h"
+#include "kernel_levels.h"
+#include "kernels/dispatch.h"
 #include "ops.h"
+#include "random_logical_weight.h"
+#include "random_weight.h"
 
 namespace lwq {
 namespace {
 
 using kernels::A8Block;
 using kernels::Codebook;
+using kernels::KernelTable;
+using kernels::Level;
 using kernels::WeightView;
 using test::kNonUniform;
 using test::make_weight;
@@ -134,108 +138,6 @@ TEST(WoqA8Kernel, PositionsArePermutationsOfEachUnit) {
   EXPECT_EQ(kernels::woq_a8_pos(8 + 7, 4), 8 + 7);
 }
 
-TEST(WoqA8Kernel, Avx2QuantizationEqualsReference) {
-  if (!kernels::cpu_has_avx2_fma()) GTEST_SKIP() << "CPU without AVX2/FMA (or LWQ_FORCE_REF set)";
-  std::mt19937 rng(21);
-  for (int bits : {4, 8})
-    for (int64_t group : {int64_t(-1), int64_t(128), int64_t(20), kNonUniform})
-      for (int64_t K : {int64_t(5), int64_t(96), int64_t(257), int64_t(1000)}) {
-        const RandomWeight rw = make_weight(bits, Codebook::Int, false, group, 8, K, rng);
-        const WeightView& v = rw.view;
-        const std::vector<A8Block> blocks = kernels::woq_a8_blocks(v);
-        const int64_t M = 7, nb = static_cast<int64_t>(blocks.size());
-        std::vector<float> x = make_x(M, K, v.K_pad, rng);
-        // Ties: x * id lands exactly on .5 for x = amax * (j + 0.5) / 127 (round half to even).
-        for (int64_t k = 0; k < std::min<int64_t>(K, 32); ++k) x[3 * v.K_pad + k] = (k % 2 ? 127.0f : 2.5f + k);
-        const Acts ref = quantize(v, blocks, x, M);
-        Acts got;
-        got.xq.assign(M * v.K_pad, 99);
-        got.d.resize(M * nb);
-        got.xsum.resize(M * nb);
-        EXPECT_TRUE(kernels::woq_a8_quantize_acts_avx2(v, blocks, x.data(), M, v.K_pad, got.xq.data(), got.d.data(),
-                                                       got.xsum.data()));
-        const std::string what = describe(bits, false, group, M, 8, K);
-        EXPECT_EQ(got.xq, ref.xq) << what;
-        EXPECT_EQ(std::memcmp(got.d.data(), ref.d.data(), ref.d.size() * sizeof(float)), 0) << what;
-        EXPECT_EQ(got.xsum, ref.xsum) << what;
-      }
-}
-
-TEST(WoqA8Kernel, QuantizeRefusesNonFinite) {
-  std::mt19937 rng(3);
-  const RandomWeight rw = make_weight(4, Codebook::Int, false, 32, 8, 64, rng);
-  const std::vector<A8Block> blocks = kernels::woq_a8_blocks(rw.view);
-  for (float bad : {std::numeric_limits<float>::quiet_NaN(), std::numeric_limits<float>::infinity()}) {
-    std::vector<float> x(64, 1.0f);
-    x[37] = bad;
-    std::vector<int8_t> xq(64);
-    std::vector<float> d(blocks.size());
-    std::vector<int32_t> xs(blocks.size());
-    EXPECT_FALSE(kernels::woq_a8_quantize_acts_ref(rw.view, blocks, x.data(), 1, 64, xq.data(), d.data(), xs.data()));
-    if (kernels::cpu_has_avx2_fma()) {
-      EXPECT_FALSE(
-          kernels::woq_a8_quantize_acts_avx2(rw.view, blocks, x.data(), 1, 64, xq.data(), d.data(), xs.data()));
-    }
-  }
-}
-
-// AVX2 == reference, bit for bit, for every layout the path supports and any split of rows and tiles.
-TEST(WoqA8Kernel, Avx2EqualsReferenceBitForBitOnAwkwardShapes) {
-  if (!kernels::cpu_has_avx2_fma()) GTEST_SKIP() << "CPU without AVX2/FMA (or LWQ_FORCE_REF set)";
-  std::mt19937 rng(20261130);
-  // (M, N, K): M in {1, 2, 3, 7, 64, 300}, odd N, K below and not a multiple of the group sizes; M = 1 with K a
-  // multiple of 32 and 10 or 13 tiles takes the 4-bit GEMV loops (groups of 4 tiles, then pairs, then one tile).
-  const std::vector<std::array<int64_t, 3>> shapes = {{1, 7, 13},    {2, 13, 100}, {3, 33, 172},  {7, 1, 257},
-                                                      {1, 16, 1},    {1, 45, 300}, {64, 13, 257}, {300, 7, 100},
-                                                      {5, 24, 1000}, {1, 77, 384}, {1, 104, 96}};
-  int toggle = 0;
-  int64_t cases = 0;
-  for (int bits : {4, 8})
-    for (bool asym : {false, true})
-      for (int64_t group : {int64_t(-1), int64_t(32), int64_t(128), int64_t(20), int64_t(96), kNonUniform})
-        for (const auto& s : shapes) {
-          const int64_t M = s[0], N = s[1], K = s[2];
-          const RandomWeight rw = make_weight(bits, Codebook::Int, asym, group, N, K, rng);
-          const WeightView& v = rw.view;
-          const std::vector<A8Block> blocks = kernels::woq_a8_blocks(v);
-          const int64_t nb = static_cast<int64_t>(blocks.size());
-          const std::vector<float> x = make_x(M, K, v.K_pad, rng);
-          const Acts a = quantize(v, blocks, x, M);
-          std::vector<float> bias(N);
-          std::normal_distribution<float> nd(0.0f, 1.0f);
-          for (auto& b : bias) b = nd(rng);
-          const float* bp = (++toggle % 2) ? bias.data() : nullptr;
-          const int64_t tiles = v.N_pad / kernels::kTileN;
-          const int64_t ldy = N + 3;  // columns N.. hold a sentinel that must survive
-          const float kSentinel = 12345.0f;
-          std::vector<float> ref(M * ldy, kSentinel), got(M * ldy, kSentinel), split(M * ldy, kSentinel);
-          std::vector<float> avx2_only(M * ldy, kSentinel);
-          kernels::woq_a8_gemm_ref(v, blocks, a.view(0, v.K_pad, nb), M, bp, ref.data(), ldy, 0, tiles);
-          // Where the CPU has AVX-512 VNNI the M = 1 4-bit loop runs there; allow_avx512 = false keeps it on AVX2.
-          kernels::woq_a8_gemm_avx2(v, blocks, a.view(0, v.K_pad, nb), M, bp, got.data(), ldy, 0, tiles);
-          kernels::woq_a8_gemm_avx2(v, blocks, a.view(0, v.K_pad, nb), M, bp, avx2_only.data(), ldy, 0, tiles,
-                                    /*allow_avx512=*/false);
-          // Rows {0}, {1 .. M/2}, {M/2 + 1 ..}; tiles {0}, {1 ..}.
-          const int64_t row_cuts[] = {0, std::min<int64_t>(1, M), std::max<int64_t>(std::min<int64_t>(1, M), M / 2 + 1), M};
-          const int64_t tile_cuts[] = {0, std::min<int64_t>(1, tiles), tiles};
-          for (int ri = 0; ri < 3; ++ri)
-            for (int ti = 0; ti < 2; ++ti) {
-              const int64_t m0 = row_cuts[ri], m1 = row_cuts[ri + 1];
-              if (m1 <= m0) continue;
-              kernels::woq_a8_gemm_avx2(v, blocks, a.view(m0, v.K_pad, nb), m1 - m0, bp, split.data() + m0 * ldy,
-                                        ldy, tile_cuts[ti], tile_cuts[ti + 1]);
-            }
-          const std::string what = describe(bits, asym, group, M, N, K);
-          EXPECT_EQ(std::memcmp(ref.data(), got.data(), ref.size() * sizeof(float)), 0) << what;
-          EXPECT_EQ(std::memcmp(ref.data(), avx2_only.data(), ref.size() * sizeof(float)), 0) << what << " (AVX2)";
-          EXPECT_EQ(std::memcmp(ref.data(), split.data(), ref.size() * sizeof(float)), 0) << what << " (split)";
-          for (int64_t m = 0; m < M; ++m)
-            for (int64_t n = N; n < ldy; ++n) ASSERT_EQ(got[m * ldy + n], kSentinel) << what << ": wrote past N";
-          ++cases;
-        }
-  EXPECT_EQ(cases, 2 * 2 * 6 * 11);
-}
-
 // --- Through the op ---------------------------------------------------------------------------------------------
 
 // B[m, n] = sum_b d[m, b] / 2 * sum_{k in b} |w[n, k]| (the activation rounding bound of woq_a8.h), computed
@@ -258,16 +160,15 @@ at::Tensor rounding_bound(const PackedWeightPtr& w, const at::Tensor& x2) {
   return bound;
 }
 
-TEST(WoqA8Op, WithinTheRoundingBoundOfWoqLinearAndThreadInvariant) {
-  at::manual_seed(77);
-  struct Case {
-    std::string what;
-    PackedWeightPtr w;
-    at::Tensor x, bias, y1;
-  };
+struct Case {
+  std::string what;
+  PackedWeightPtr w;
+  at::Tensor x, bias, y1;
+};
+
+// int8, int4 (sym, asym), int4_fullrange; per-channel, 32, 128 and ragged 20 groups; with and without act-order.
+std::vector<Case> make_op_cases(const std::vector<std::array<int64_t, 3>>& shapes) {
   std::vector<Case> cases;
-  const std::vector<std::array<int64_t, 3>> shapes = {{1, 33, 172}, {2, 13, 100}, {7, 9, 20}, {64, 40, 257},
-                                                      {300, 7, 96}};
   for (const std::string dt : {"int8", "int4", "int4_fullrange"}) {
     const DtypeInfo& info = dtype_info(dt);
     for (bool sym : {true, false}) {
@@ -277,10 +178,7 @@ TEST(WoqA8Op, WithinTheRoundingBoundOfWoqLinearAndThreadInvariant) {
           for (const auto& s : shapes) {
             const int64_t M = s[0], N = s[1], K = s[2];
             const int64_t ng = group_count(gs, K);
-            at::Tensor q = at::randint(info.qmin(sym), info.qmax(sym) + 1, {N, K}, at::kInt);
-            at::Tensor scales = (at::rand({N, ng}) + 0.1) * 0.05;
-            c10::optional<at::Tensor> zeros;
-            if (!sym) zeros = at::randint(0, info.qmax(false) + 1, {N, ng}, at::kInt);
+            const auto [q, scales, zeros] = test::random_logical_weight(info, sym, N, K, ng);
             c10::optional<at::Tensor> g_idx;
             if (act_order) g_idx = at::randint(0, ng, {K}, at::kInt);
             Case c;
@@ -293,6 +191,15 @@ TEST(WoqA8Op, WithinTheRoundingBoundOfWoqLinearAndThreadInvariant) {
           }
     }
   }
+  return cases;
+}
+
+const std::vector<std::array<int64_t, 3>> kOpShapes = {{1, 33, 172}, {2, 13, 100}, {7, 9, 20}, {64, 40, 257},
+                                                    {300, 7, 96}};
+
+TEST(WoqA8Op, WithinTheRoundingBoundOfWoqLinearAndThreadInvariant) {
+  at::manual_seed(77);
+  std::vector<Case> cases = make_op_cases(kOpShapes);
   const int saved = at::get_num_threads();
   at::set_num_threads(1);
   for (Case& c : cases) c.y1 = woq_linear_a8(c.x, c.w, c.bias);
@@ -353,8 +260,8 @@ TEST(WoqA8Op, RefusesOtherDtypesNonFiniteInputAndBadShapes) {
 }
 
 TEST(WoqA8Op, ReferenceFallbackMatchesAvx2ThroughTheOp) {
-  // The op picks the reference when AVX2 is missing; both give the same bits, so forcing either path through
-  // the kernels directly is enough. Here: the op's result equals the reference GEMM on the op's own blocks.
+  // The op at the process's level equals the reference GEMM on the op's own blocks (at every level:
+  // test::check_woq_linear_a8_op).
   at::manual_seed(8);
   const auto w = quantize_weight(at::randn({24, 200}), "int4", 64, false);
   const at::Tensor x = at::randn({5, 200});
@@ -372,4 +279,122 @@ TEST(WoqA8Op, ReferenceFallbackMatchesAvx2ThroughTheOp) {
 }
 
 }  // namespace
+
+namespace test {
+
+// The level's activation quantization gives the reference's bytes (ties included), and refuses NaN and Inf.
+void check_woq_a8_quantize(Level level) {
+  const KernelTable& t = kernels::table_for(level);
+  std::mt19937 rng(21);
+  for (int bits : {4, 8})
+    for (int64_t group : {int64_t(-1), int64_t(128), int64_t(20), kNonUniform})
+      for (int64_t K : {int64_t(5), int64_t(96), int64_t(257), int64_t(1000)}) {
+        const RandomWeight rw = make_weight(bits, Codebook::Int, false, group, 8, K, rng);
+        const WeightView& v = rw.view;
+        const std::vector<A8Block> blocks = kernels::woq_a8_blocks(v);
+        const int64_t M = 7, nb = static_cast<int64_t>(blocks.size());
+        std::vector<float> x = make_x(M, K, v.K_pad, rng);
+        // Ties: x * id lands exactly on .5 for x = amax * (j + 0.5) / 127 (round half to even).
+        for (int64_t k = 0; k < std::min<int64_t>(K, 32); ++k) x[3 * v.K_pad + k] = (k % 2 ? 127.0f : 2.5f + k);
+        const Acts ref = quantize(v, blocks, x, M);
+        Acts got;
+        got.xq.assign(M * v.K_pad, 99);
+        got.d.resize(M * nb);
+        got.xsum.resize(M * nb);
+        EXPECT_TRUE(t.woq_a8_quantize(v, blocks, x.data(), M, v.K_pad, got.xq.data(), got.d.data(), got.xsum.data()));
+        const std::string what = describe(bits, false, group, M, 8, K);
+        EXPECT_EQ(got.xq, ref.xq) << what;
+        EXPECT_EQ(std::memcmp(got.d.data(), ref.d.data(), ref.d.size() * sizeof(float)), 0) << what;
+        EXPECT_EQ(got.xsum, ref.xsum) << what;
+      }
+
+  const RandomWeight rw = make_weight(4, Codebook::Int, false, 32, 8, 64, rng);
+  const std::vector<A8Block> blocks = kernels::woq_a8_blocks(rw.view);
+  for (float bad : {std::numeric_limits<float>::quiet_NaN(), std::numeric_limits<float>::infinity()}) {
+    std::vector<float> x(64, 1.0f);
+    x[37] = bad;
+    std::vector<int8_t> xq(64);
+    std::vector<float> d(blocks.size());
+    std::vector<int32_t> xs(blocks.size());
+    EXPECT_FALSE(t.woq_a8_quantize(rw.view, blocks, x.data(), 1, 64, xq.data(), d.data(), xs.data())) << bad;
+  }
+}
+
+// The level's GEMM equals the reference bit for bit for every layout the path supports and any split of rows and
+// tiles, and writes no column past N.
+void check_woq_a8_gemm(Level level) {
+  const KernelTable& t = kernels::table_for(level);
+  std::mt19937 rng(20261130);
+  // (M, N, K): M in {1, 2, 3, 7, 64, 300}, odd N, K below and not a multiple of the group sizes; M = 1 with K a
+  // multiple of 32 and 10 or 13 tiles takes the 4-bit GEMV loops (groups of 4 tiles (AVX2) or 2 pairs (AVX-512),
+  // then pairs, then one tile).
+  const std::vector<std::array<int64_t, 3>> shapes = {{1, 7, 13},    {2, 13, 100}, {3, 33, 172},  {7, 1, 257},
+                                                      {1, 16, 1},    {1, 45, 300}, {64, 13, 257}, {300, 7, 100},
+                                                      {5, 24, 1000}, {1, 77, 384}, {1, 104, 96}};
+  int toggle = 0;
+  int64_t cases = 0;
+  for (int bits : {4, 8})
+    for (bool asym : {false, true})
+      for (int64_t group : {int64_t(-1), int64_t(32), int64_t(128), int64_t(20), int64_t(96), kNonUniform})
+        for (const auto& s : shapes) {
+          const int64_t M = s[0], N = s[1], K = s[2];
+          const RandomWeight rw = make_weight(bits, Codebook::Int, asym, group, N, K, rng);
+          const WeightView& v = rw.view;
+          const std::vector<A8Block> blocks = kernels::woq_a8_blocks(v);
+          const int64_t nb = static_cast<int64_t>(blocks.size());
+          const std::vector<float> x = make_x(M, K, v.K_pad, rng);
+          const Acts a = quantize(v, blocks, x, M);
+          std::vector<float> bias(N);
+          std::normal_distribution<float> nd(0.0f, 1.0f);
+          for (auto& b : bias) b = nd(rng);
+          const float* bp = (++toggle % 2) ? bias.data() : nullptr;
+          const int64_t tiles = v.N_pad / kernels::kTileN;
+          const int64_t ldy = N + 3;  // columns N.. hold a sentinel that must survive
+          const float kSentinel = 12345.0f;
+          std::vector<float> ref(M * ldy, kSentinel), got(M * ldy, kSentinel), split(M * ldy, kSentinel);
+          kernels::woq_a8_gemm_ref(v, blocks, a.view(0, v.K_pad, nb), M, bp, ref.data(), ldy, 0, tiles);
+          t.woq_a8_gemm(v, blocks, a.view(0, v.K_pad, nb), M, bp, got.data(), ldy, 0, tiles);
+          // Rows {0}, {1 .. M/2}, {M/2 + 1 ..}; tiles {0}, {1 ..}.
+          const int64_t row_cuts[] = {0, std::min<int64_t>(1, M), std::max<int64_t>(std::min<int64_t>(1, M), M / 2 + 1), M};
+          const int64_t tile_cuts[] = {0, std::min<int64_t>(1, tiles), tiles};
+          for (int ri = 0; ri < 3; ++ri)
+            for (int ti = 0; ti < 2; ++ti) {
+              const int64_t m0 = row_cuts[ri], m1 = row_cuts[ri + 1];
+              if (m1 <= m0) continue;
+              t.woq_a8_gemm(v, blocks, a.view(m0, v.K_pad, nb), m1 - m0, bp, split.data() + m0 * ldy, ldy,
+                            tile_cuts[ti], tile_cuts[ti + 1]);
+            }
+          const std::string what = describe(bits, asym, group, M, N, K);
+          EXPECT_EQ(std::memcmp(ref.data(), got.data(), ref.size() * sizeof(float)), 0) << what;
+          EXPECT_EQ(std::memcmp(ref.data(), split.data(), ref.size() * sizeof(float)), 0) << what << " (split)";
+          for (int64_t m = 0; m < M; ++m)
+            for (int64_t n = N; n < ldy; ++n) ASSERT_EQ(got[m * ldy + n], kSentinel) << what << ": wrote past N";
+          ++cases;
+        }
+  EXPECT_EQ(cases, 2 * 2 * 6 * 11);
+}
+
+// The op at `level`, 1 and 2 threads: the bits of the op at the reference level. Shapes: those of the rounding
+// bound test and with_op_level_shapes' (kernel_levels.h).
+void check_woq_linear_a8_op(Level level) {
+  at::manual_seed(78);
+  const std::vector<std::array<int64_t, 3>> shapes = test::with_op_level_shapes(kOpShapes);
+  const int saved_threads = at::get_num_threads();
+  for (const Case& c : make_op_cases(shapes)) {
+    at::Tensor ref;
+    {
+      kernels::ScopedLevel scalar(Level::Ref);
+      at::set_num_threads(1);
+      ref = woq_linear_a8(c.x, c.w, c.bias);
+    }
+    for (int threads : {1, 2}) {
+      at::set_num_threads(threads);
+      EXPECT_TRUE(woq_linear_a8(c.x, c.w, c.bias).equal(ref))
+          << c.what << " threads " << threads << ": not the bits of the reference";
+    }
+    at::set_num_threads(saved_threads);
+  }
+}
+
+}  // namespace test
 }  // namespace lwq

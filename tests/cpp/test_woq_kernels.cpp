@@ -1,7 +1,9 @@
-// The AVX2 weight-only GEMM against the scalar reference (torch-free: random codes packed with pack_codes into a
-// WeightView built here), and lwq::woq_linear against x @ dequantize().T through PackedWeight.
+// The weight-only GEMM kernels against the scalar reference (torch-free: random codes packed with pack_codes into
+// a WeightView built here; test::check_woq_gemm, run at every ISA level by test_kernel_levels.cpp), and
+// lwq::woq_linear against x @ dequantize().T through PackedWeight (test::check_woq_linear_op at every level, the
+// TESTs below at the process's level).
 //
-// Tolerance. Both AVX2 paths accumulate in fp32; the decode path sums code * x and subtracts zero * sum(x) per
+// Tolerance. The SIMD paths accumulate in fp32; the decode path sums code * x and subtracts zero * sum(x) per
 // group, so its rounding scales with the size of the codes, not of the weights. With
 //   B[m, n] = sum_k |x[m, k]| * |scale(n, k)| * (|code - zero| + |zero|)      (integers)
 //   B[m, n] = sum_k |x[m, k] * w[n, k]|                                        (nf4 / fp4)
@@ -19,15 +21,18 @@
 #include <string>
 #include <vector>
 
-#include "kernels/format.h"
-#include "random_weight.h"
-#include "kernels/woq_gemm_avx2.h"
+#include "kernel_levels.h"
+#include "kernels/dispatch.h"
 #include "ops.h"
+#include "random_logical_weight.h"
+#include "random_weight.h"
 
 namespace lwq {
 namespace {
 
 using kernels::Codebook;
+using kernels::KernelTable;
+using kernels::Level;
 using kernels::WeightView;
 using test::kNonUniform;
 using test::make_weight;
@@ -87,10 +92,10 @@ const std::vector<Layout> kLayouts = {
     {4, Codebook::NF4, false}, {4, Codebook::FP4, false}};
 const std::vector<int64_t> kGroups = {-1, 32, 64, 128, 20, kNonUniform};
 
-// Runs one case through the reference, both explicit paths and the M-chosen entry point; returns the worst
-// error / bound ratio seen.
-double check_case(int bits, Codebook cb, bool asym, int64_t group, int64_t M, int64_t N, int64_t K, bool with_bias,
-                  std::mt19937& rng) {
+// Runs one case through the reference and both paths of t.woq_gemm (and of twin->woq_gemm, which must give the
+// same bits, when given); returns the worst error / bound ratio seen.
+double check_case(const KernelTable& t, const KernelTable* twin, int bits, Codebook cb, bool asym, int64_t group,
+                  int64_t M, int64_t N, int64_t K, bool with_bias, std::mt19937& rng) {
   const RandomWeight rw = make_weight(bits, cb, asym, group, N, K, rng);
   const WeightView& v = rw.view;
   const std::vector<float> x = make_x(M, K, v.K_pad, rng);
@@ -107,13 +112,15 @@ double check_case(int bits, Codebook cb, bool asym, int64_t group, int64_t M, in
   const std::vector<double> bound = error_bound(rw, x, M);
   const std::string what = describe(bits, cb, asym, group, M, N, K) + (with_bias ? " bias" : "");
   double worst = 0.0;
-  for (int variant = 0; variant < 3; ++variant) {
+  for (WoqPath path : {WoqPath::Decode, WoqPath::Blocked}) {
     std::vector<float> y(M * ldy, kSentinel);
-    if (variant == 2)
-      kernels::woq_gemm_avx2(v, x.data(), M, v.K_pad, bp, y.data(), ldy, 0, tiles);
-    else
-      kernels::woq_gemm_avx2_path(v, x.data(), M, v.K_pad, bp, y.data(), ldy, 0, tiles,
-                                  variant == 0 ? WoqPath::Decode : WoqPath::Blocked);
+    t.woq_gemm(v, x.data(), M, v.K_pad, bp, y.data(), ldy, 0, tiles, path);
+    if (twin) {
+      std::vector<float> y2(M * ldy, kSentinel);
+      twin->woq_gemm(v, x.data(), M, v.K_pad, bp, y2.data(), ldy, 0, tiles, path);
+      EXPECT_EQ(std::memcmp(y.data(), y2.data(), y.size() * sizeof(float)), 0)
+          << what << " path " << static_cast<int>(path) << ": not the bits of " << kernels::level_name(twin->level);
+    }
     int failures = 0;
     for (int64_t m = 0; m < M; ++m) {
       for (int64_t n = 0; n < ldy; ++n) {
@@ -126,128 +133,28 @@ double check_case(int bits, Codebook cb, bool asym, int64_t group, int64_t M, in
         const double err = std::fabs(static_cast<double>(got) - want);
         if (b > 0) worst = std::max(worst, err / b);
         if (!(err <= kRelTol * b + kAbsTol) && ++failures <= 3)
-          ADD_FAILURE() << what << " variant " << variant << ": y[" << m << "," << n << "] = " << got << ", ref "
-                        << want << ", bound " << b;
+          ADD_FAILURE() << what << " path " << static_cast<int>(path) << ": y[" << m << "," << n << "] = " << got
+                        << ", ref " << want << ", bound " << b;
       }
     }
   }
   return worst;
 }
 
-TEST(WoqKernel, Avx2MatchesReferenceOnAwkwardShapes) {
-  if (!kernels::cpu_has_avx2_fma()) GTEST_SKIP() << "CPU without AVX2/FMA (or LWQ_FORCE_REF set)";
-  std::mt19937 rng(20240611);
-  // (M, N, K): odd N and K, K below and not a multiple of the group sizes, one-column weights.
-  const std::vector<std::array<int64_t, 3>> shapes = {
-      {1, 7, 13}, {2, 13, 100}, {3, 33, 172}, {7, 1, 257}, {1, 16, 1}, {5, 9, 64}, {64, 13, 257}, {300, 7, 100}};
-  double worst = 0.0;
-  int bias_toggle = 0;
-  for (const Layout& l : kLayouts)
-    for (int64_t group : kGroups)
-      for (const auto& s : shapes)
-        worst = std::max(worst, check_case(l.bits, l.cb, l.asym, group, s[0], s[1], s[2], (++bias_toggle % 2) == 0, rng));
-  // The bound must be meaningful, not vacuous: fp32 rounding shows up at well below the tolerance.
-  EXPECT_GT(worst, 0.0);
-  EXPECT_LT(worst, kRelTol);
-  std::cout << "[ info ] worst |y - y_ref| / B = " << worst << "\n";
-}
-
-TEST(WoqKernel, Avx2LargeGroupsMatchReference) {
-  if (!kernels::cpu_has_avx2_fma()) GTEST_SKIP() << "CPU without AVX2/FMA (or LWQ_FORCE_REF set)";
-  std::mt19937 rng(77);
-  // Long K: several 256-column panels of the blocked path, groups spanning panels, a ragged last group.
-  for (const Layout& l : kLayouts)
-    for (int64_t group : {int64_t(-1), int64_t(128), int64_t(96)}) {
-      check_case(l.bits, l.cb, l.asym, group, 2, 24, 1000, true, rng);
-      check_case(l.bits, l.cb, l.asym, group, 70, 17, 600, false, rng);
-    }
-}
-
-// Any split of tiles or rows must give the same bits: that is what makes woq_linear independent of the number
-// of threads.
-TEST(WoqKernel, Avx2SplitsAreBitIdentical) {
-  if (!kernels::cpu_has_avx2_fma()) GTEST_SKIP() << "CPU without AVX2/FMA (or LWQ_FORCE_REF set)";
-  std::mt19937 rng(5);
-  for (const Layout& l : kLayouts)
-    for (int64_t group : {int64_t(32), int64_t(20), kNonUniform})
-      for (WoqPath path : {WoqPath::Decode, WoqPath::Blocked}) {
-        const int64_t M = 13, N = 45, K = 300;
-        const RandomWeight rw = make_weight(l.bits, l.cb, l.asym, group, N, K, rng);
-        const WeightView& v = rw.view;
-        const std::vector<float> x = make_x(M, K, v.K_pad, rng);
-        const int64_t tiles = v.N_pad / kernels::kTileN;
-        std::vector<float> whole(M * N), split(M * N, -1.0f);
-        kernels::woq_gemm_avx2_path(v, x.data(), M, v.K_pad, nullptr, whole.data(), N, 0, tiles, path);
-        // Tiles {0}, {1, 2, 3}, {4, 5}; rows {0..4}, {5}, {6..12}.
-        const int64_t tile_cuts[] = {0, 1, 4, tiles};
-        const int64_t row_cuts[] = {0, 5, 6, M};
-        for (int ti = 0; ti < 3; ++ti)
-          for (int ri = 0; ri < 3; ++ri)
-            kernels::woq_gemm_avx2_path(v, x.data() + row_cuts[ri] * v.K_pad, row_cuts[ri + 1] - row_cuts[ri],
-                                        v.K_pad, nullptr, split.data() + row_cuts[ri] * N, N, tile_cuts[ti],
-                                        tile_cuts[ti + 1], path);
-        EXPECT_EQ(std::memcmp(whole.data(), split.data(), whole.size() * sizeof(float)), 0)
-            << describe(l.bits, l.cb, l.asym, group, M, N, K) << " path " << static_cast<int>(path);
-      }
-}
-
-// The AVX-512 code (woq_gemm_avx512.cpp) performs the AVX2 code's operations in the same order: the same bits.
-// Decode row loop: every integer width it serves, ragged and cut groups, odd tile counts (a pair group, single
-// pairs and a leftover tile), bias, tile ranges starting on an odd tile, the last row of a larger M. Blocked
-// micro-kernel: every layout, row counts around its 12-row step, several 256-column panels, odd tile counts.
-TEST(WoqKernel, Avx512EqualsAvx2BitForBit) {
-  if (!kernels::cpu_has_avx512()) GTEST_SKIP() << "CPU without AVX-512 (or LWQ_NO_AVX512 / LWQ_FORCE_REF set)";
-  std::mt19937 rng(512);
-  const std::vector<std::array<int64_t, 3>> decode_shapes = {{1, 7, 13},  {1, 45, 300},  {1, 77, 384}, {5, 136, 100},
-                                                             {1, 16, 1},  {1, 200, 1000}, {3, 24, 64}};
-  const std::vector<std::array<int64_t, 3>> blocked_shapes = {{12, 16, 300}, {13, 45, 600}, {30, 24, 100},
-                                                              {70, 17, 257}, {1, 8, 40}};
-  int64_t cases = 0;
-  auto compare = [&](const Layout& l, int64_t group, const std::array<int64_t, 3>& s, WoqPath path) {
-    const int64_t M = s[0], N = s[1], K = s[2];
-    const RandomWeight rw = make_weight(l.bits, l.cb, l.asym, group, N, K, rng);
-    const WeightView& v = rw.view;
-    const std::vector<float> x = make_x(M, K, v.K_pad, rng);
-    std::vector<float> bias(N);
-    std::normal_distribution<float> d(0.0f, 1.0f);
-    for (auto& b : bias) b = d(rng);
-    const float* bp = (++cases % 2) ? bias.data() : nullptr;
-    const int64_t tiles = v.N_pad / kernels::kTileN, ldy = N + 3;
-    std::vector<float> avx2(M * ldy, 7.0f), avx512(M * ldy, 7.0f), split(M * ldy, 7.0f);
-    kernels::woq_gemm_avx2_path(v, x.data(), M, v.K_pad, bp, avx2.data(), ldy, 0, tiles, path,
-                                /*allow_avx512=*/false);
-    kernels::woq_gemm_avx2_path(v, x.data(), M, v.K_pad, bp, avx512.data(), ldy, 0, tiles, path);
-    const int64_t cut = std::min<int64_t>(1, tiles);  // tiles {0}, {1 ..}: the second range starts odd
-    kernels::woq_gemm_avx2_path(v, x.data(), M, v.K_pad, bp, split.data(), ldy, 0, cut, path);
-    kernels::woq_gemm_avx2_path(v, x.data(), M, v.K_pad, bp, split.data(), ldy, cut, tiles, path);
-    const std::string what = describe(l.bits, l.cb, l.asym, group, M, N, K) + " path " +
-                             std::to_string(static_cast<int>(path));
-    EXPECT_EQ(std::memcmp(avx2.data(), avx512.data(), avx2.size() * sizeof(float)), 0) << what;
-    EXPECT_EQ(std::memcmp(avx2.data(), split.data(), avx2.size() * sizeof(float)), 0) << what << " (split)";
-  };
-  for (const Layout& l : kLayouts)
-    for (int64_t group : kGroups) {
-      if (l.cb == Codebook::Int && l.bits != 3)  // the decode row loop serves these
-        for (const auto& s : decode_shapes) compare(l, group, s, WoqPath::Decode);
-      for (const auto& s : blocked_shapes) compare(l, group, s, WoqPath::Blocked);
-    }
-  EXPECT_EQ(cases, 6 * 6 * 7 + 10 * 6 * 5);
-}
-
 // --- Through the op ---------------------------------------------------------------------------------------------
 
 const std::vector<std::string> kDtypes = {"int8", "int4", "int4_fullrange", "int3", "int2", "nf4", "fp4_e2m1"};
 
-TEST(WoqKernel, WoqLinearMatchesDequantizedMatmulAndIsThreadInvariant) {
-  at::manual_seed(2024);
-  struct Case {
-    std::string what;
-    PackedWeightPtr w;
-    at::Tensor x, bias, want, bound, y1;
-  };
-  std::vector<Case> cases;
-  // (M, N, K): decode and blocked sizes, odd shapes, and few tiles with many rows (the op then splits rows).
-  const std::vector<std::array<int64_t, 3>> shapes = {{1, 33, 172}, {3, 13, 100}, {64, 40, 257}, {300, 7, 96}};
+struct OpCase {
+  std::string what;
+  PackedWeightPtr w;
+  at::Tensor x, bias, want, bound;
+};
+
+// Every dtype, sym and asym, per-channel / 32 / ragged 20 groups, with and without act-order, over (M, N, K) shapes;
+// want = x @ dequantize().T + bias in double, bound = B of the header comment.
+std::vector<OpCase> make_op_cases(const std::vector<std::array<int64_t, 3>>& shapes) {
+  std::vector<OpCase> cases;
   for (const std::string& dt : kDtypes) {
     const DtypeInfo& info = dtype_info(dt);
     for (bool sym : {true, false}) {
@@ -257,15 +164,12 @@ TEST(WoqKernel, WoqLinearMatchesDequantizedMatmulAndIsThreadInvariant) {
           for (const auto& s : shapes) {
             const int64_t M = s[0], N = s[1], K = s[2];
             const int64_t ng = group_count(gs, K);
-            at::Tensor q = at::randint(info.qmin(sym), info.qmax(sym) + 1, {N, K}, at::kInt);
-            at::Tensor scales = (at::rand({N, ng}) + 0.1) * 0.05;
-            c10::optional<at::Tensor> zeros;
-            if (!sym) zeros = at::randint(0, info.qmax(false) + 1, {N, ng}, at::kInt);
+            const auto [q, scales, zeros] = test::random_logical_weight(info, sym, N, K, ng);
             const at::Tensor groups =
                 act_order ? at::randint(0, ng, {K}, at::kLong) : at::arange(K, at::kLong).div(gs == -1 ? K : gs, "floor");
             c10::optional<at::Tensor> g_idx;
             if (act_order) g_idx = groups.to(at::kInt);
-            Case c;
+            OpCase c;
             c.what = dt + (sym ? " sym" : " asym") + " group " + std::to_string(gs) + (act_order ? " g_idx" : "") +
                      " M " + std::to_string(M) + " N " + std::to_string(N) + " K " + std::to_string(K);
             c.w = PackedWeight::pack(q, scales, zeros, dt, gs, g_idx);
@@ -285,16 +189,31 @@ TEST(WoqKernel, WoqLinearMatchesDequantizedMatmulAndIsThreadInvariant) {
           }
     }
   }
+  return cases;
+}
+
+// (M, N, K): decode and blocked sizes, odd shapes, and few tiles with many rows (the op then splits rows).
+const std::vector<std::array<int64_t, 3>> kOpShapes = {{1, 33, 172}, {3, 13, 100}, {64, 40, 257}, {300, 7, 96}};
+
+void expect_within_bound(const OpCase& c, const at::Tensor& y, const std::string& what) {
+  const at::Tensor excess = (y.to(at::kDouble) - c.want).abs() - (c.bound * kRelTol + kAbsTol);
+  EXPECT_LE(excess.max().item<double>(), 0.0) << what;
+}
+
+TEST(WoqKernel, WoqLinearMatchesDequantizedMatmulAndIsThreadInvariant) {
+  at::manual_seed(2024);
+  const std::vector<OpCase> cases = make_op_cases(kOpShapes);
+  std::vector<at::Tensor> y1;
   const int saved_threads = at::get_num_threads();
   at::set_num_threads(1);
-  for (Case& c : cases) c.y1 = woq_linear(c.x, c.w, c.bias);
+  for (const OpCase& c : cases) y1.push_back(woq_linear(c.x, c.w, c.bias));
   at::set_num_threads(2);
-  for (Case& c : cases) {
+  for (size_t i = 0; i < cases.size(); ++i) {
+    const OpCase& c = cases[i];
     const at::Tensor y2 = woq_linear(c.x, c.w, c.bias);
-    ASSERT_EQ(c.y1.sizes(), (std::vector<int64_t>{1, c.x.size(1), c.w->out_features()})) << c.what;
-    EXPECT_TRUE(c.y1.equal(y2)) << c.what << ": 1 and 2 threads differ";
-    const at::Tensor excess = (c.y1.to(at::kDouble) - c.want).abs() - (c.bound * kRelTol + kAbsTol);
-    EXPECT_LE(excess.max().item<double>(), 0.0) << c.what;
+    ASSERT_EQ(y1[i].sizes(), (std::vector<int64_t>{1, c.x.size(1), c.w->out_features()})) << c.what;
+    EXPECT_TRUE(y1[i].equal(y2)) << c.what << ": 1 and 2 threads differ";
+    expect_within_bound(c, y1[i], c.what);
   }
   at::set_num_threads(saved_threads);
 }
@@ -318,4 +237,135 @@ TEST(WoqKernel, WoqLinearWithoutBiasAndBf16Input) {
 }
 
 }  // namespace
+
+namespace test {
+
+void check_woq_gemm(Level level) {
+  const KernelTable& t = kernels::table_for(level);
+  // Above avx2 the kernel performs the AVX2 kernel's operations in the same order: the same bits.
+  const KernelTable* twin = level > Level::Avx2 ? &kernels::table_for(Level::Avx2) : nullptr;
+  std::mt19937 rng(20240611);
+  // (M, N, K): odd N and K, K below and not a multiple of the group sizes, one-column weights.
+  const std::vector<std::array<int64_t, 3>> shapes = {
+      {1, 7, 13}, {2, 13, 100}, {3, 33, 172}, {7, 1, 257}, {1, 16, 1}, {5, 9, 64}, {64, 13, 257}, {300, 7, 100}};
+  double worst = 0.0;
+  int bias_toggle = 0;
+  for (const Layout& l : kLayouts)
+    for (int64_t group : kGroups)
+      for (const auto& s : shapes)
+        worst = std::max(worst, check_case(t, twin, l.bits, l.cb, l.asym, group, s[0], s[1], s[2],
+                                           (++bias_toggle % 2) == 0, rng));
+  // The bound must be meaningful, not vacuous: fp32 rounding shows up at well below the tolerance.
+  if (level != Level::Ref) {
+    EXPECT_GT(worst, 0.0);
+  }
+  EXPECT_LT(worst, kRelTol);
+  std::cout << "[ info ] " << kernels::level_name(level) << ": worst |y - y_ref| / B = " << worst << "\n";
+
+  // Long K: several 256-column panels of the blocked path, groups spanning panels, a ragged last group.
+  for (const Layout& l : kLayouts)
+    for (int64_t group : {int64_t(-1), int64_t(128), int64_t(96)}) {
+      check_case(t, twin, l.bits, l.cb, l.asym, group, 2, 24, 1000, true, rng);
+      check_case(t, twin, l.bits, l.cb, l.asym, group, 70, 17, 600, false, rng);
+    }
+
+  // Any split of tiles or rows must give the same bits: that is what makes woq_linear independent of the number
+  // of threads.
+  for (const Layout& l : kLayouts)
+    for (int64_t group : {int64_t(32), int64_t(20), kNonUniform})
+      for (WoqPath path : {WoqPath::Decode, WoqPath::Blocked}) {
+        const int64_t M = 13, N = 45, K = 300;
+        const RandomWeight rw = make_weight(l.bits, l.cb, l.asym, group, N, K, rng);
+        const WeightView& v = rw.view;
+        const std::vector<float> x = make_x(M, K, v.K_pad, rng);
+        const int64_t tiles = v.N_pad / kernels::kTileN;
+        std::vector<float> whole(M * N), split(M * N, -1.0f);
+        t.woq_gemm(v, x.data(), M, v.K_pad, nullptr, whole.data(), N, 0, tiles, path);
+        // Tiles {0}, {1, 2, 3}, {4, 5}; rows {0..4}, {5}, {6..12}.
+        const int64_t tile_cuts[] = {0, 1, 4, tiles};
+        const int64_t row_cuts[] = {0, 5, 6, M};
+        for (int ti = 0; ti < 3; ++ti)
+          for (int ri = 0; ri < 3; ++ri)
+            t.woq_gemm(v, x.data() + row_cuts[ri] * v.K_pad, row_cuts[ri + 1] - row_cuts[ri], v.K_pad, nullptr,
+                       split.data() + row_cuts[ri] * N, N, tile_cuts[ti], tile_cuts[ti + 1], path);
+        EXPECT_EQ(std::memcmp(whole.data(), split.data(), whole.size() * sizeof(float)), 0)
+            << describe(l.bits, l.cb, l.asym, group, M, N, K) << " path " << static_cast<int>(path);
+      }
+
+  if (!twin) return;
+  // The AVX-512 code (woq_gemm_avx512.cpp) against the AVX2 code, bit for bit. Decode row loop: every integer
+  // width it serves, ragged and cut groups, odd tile counts (a pair group, single pairs and a leftover tile), bias,
+  // tile ranges starting on an odd tile, the last row of a larger M. Blocked micro-kernel: every layout, row counts
+  // around its 12-row step, several 256-column panels, odd tile counts.
+  const std::vector<std::array<int64_t, 3>> decode_shapes = {{1, 7, 13},  {1, 45, 300},  {1, 77, 384}, {5, 136, 100},
+                                                             {1, 16, 1},  {1, 200, 1000}, {3, 24, 64}};
+  const std::vector<std::array<int64_t, 3>> blocked_shapes = {{12, 16, 300}, {13, 45, 600}, {30, 24, 100},
+                                                              {70, 17, 257}, {1, 8, 40}};
+  int64_t cases = 0;
+  auto compare = [&](const Layout& l, int64_t group, const std::array<int64_t, 3>& s, WoqPath path) {
+    const int64_t M = s[0], N = s[1], K = s[2];
+    const RandomWeight rw = make_weight(l.bits, l.cb, l.asym, group, N, K, rng);
+    const WeightView& v = rw.view;
+    const std::vector<float> x = make_x(M, K, v.K_pad, rng);
+    std::vector<float> bias(N);
+    std::normal_distribution<float> d(0.0f, 1.0f);
+    for (auto& b : bias) b = d(rng);
+    const float* bp = (++cases % 2) ? bias.data() : nullptr;
+    const int64_t tiles = v.N_pad / kernels::kTileN, ldy = N + 3;
+    std::vector<float> avx2(M * ldy, 7.0f), got(M * ldy, 7.0f), split(M * ldy, 7.0f);
+    twin->woq_gemm(v, x.data(), M, v.K_pad, bp, avx2.data(), ldy, 0, tiles, path);
+    t.woq_gemm(v, x.data(), M, v.K_pad, bp, got.data(), ldy, 0, tiles, path);
+    const int64_t cut = std::min<int64_t>(1, tiles);  // tiles {0}, {1 ..}: the second range starts odd
+    t.woq_gemm(v, x.data(), M, v.K_pad, bp, split.data(), ldy, 0, cut, path);
+    t.woq_gemm(v, x.data(), M, v.K_pad, bp, split.data(), ldy, cut, tiles, path);
+    const std::string what = describe(l.bits, l.cb, l.asym, group, M, N, K) + " path " +
+                             std::to_string(static_cast<int>(path));
+    EXPECT_EQ(std::memcmp(avx2.data(), got.data(), avx2.size() * sizeof(float)), 0) << what;
+    EXPECT_EQ(std::memcmp(avx2.data(), split.data(), avx2.size() * sizeof(float)), 0) << what << " (split)";
+  };
+  for (const Layout& l : kLayouts)
+    for (int64_t group : kGroups) {
+      if (l.cb == Codebook::Int && l.bits != 3)  // the decode row loop serves these
+        for (const auto& s : decode_shapes) compare(l, group, s, WoqPath::Decode);
+      for (const auto& s : blocked_shapes) compare(l, group, s, WoqPath::Blocked);
+    }
+  EXPECT_EQ(cases, 6 * 6 * 7 + 10 * 6 * 5);
+}
+
+// The op at `level`, 1 and 2 threads: the same bits as the level's GEMM run directly on the op's own kernel input
+// (so the op uses the table), within the bound of x @ dequantize().T, and above avx2 the bits of the op at avx2.
+// Shapes: kOpShapes and with_op_level_shapes' (kernel_levels.h).
+void check_woq_linear_op(Level level) {
+  at::manual_seed(2025);
+  const std::vector<std::array<int64_t, 3>> shapes = test::with_op_level_shapes(kOpShapes);
+  const KernelTable& t = kernels::table_for(level);
+  const int saved_threads = at::get_num_threads();
+  for (const OpCase& c : make_op_cases(shapes)) {
+    at::Tensor y[2];
+    for (int threads : {1, 2}) {
+      at::set_num_threads(threads);
+      y[threads - 1] = woq_linear(c.x, c.w, c.bias);
+    }
+    at::set_num_threads(saved_threads);
+    EXPECT_TRUE(y[0].equal(y[1])) << c.what << ": 1 and 2 threads differ";
+    expect_within_bound(c, y[0], c.what);
+    const KernelInput in = kernel_input("test", c.x, *c.w, c.bias);
+    const WeightView v = c.w->view();
+    at::Tensor direct = at::empty({in.M, v.N});
+    t.woq_gemm(v, in.x.data_ptr<float>(), in.M, v.K_pad, in.bias.data_ptr<float>(), direct.data_ptr<float>(), v.N,
+               0, v.N_pad / kernels::kTileN, kernels::woq_path_for(in.M));
+    EXPECT_TRUE(direct.equal(y[0].reshape({in.M, v.N}))) << c.what << ": not the table's kernel";
+    if (level > Level::Avx2) {
+      kernels::ScopedLevel avx2(Level::Avx2);
+      for (int threads : {1, 2}) {
+        at::set_num_threads(threads);
+        EXPECT_TRUE(woq_linear(c.x, c.w, c.bias).equal(y[threads - 1]))
+            << c.what << " threads " << threads << ": not the bits of avx2";
+      }
+      at::set_num_threads(saved_threads);
+    }
+  }
+}
+
+}  // namespace test
 }  // namespace lwq

@@ -39,7 +39,7 @@ unset LWQ_BUILD_DIR LWQ_LIBRARY_DIR
 lwq=$prefix/bin/lwq
 
 echo "== a small model: quantize with the installed lwq, run with the example, check against Python"
-"$python" "$src/scripts/make_test_models.py" --out "$work/m" --seed 2
+"$python" "$src/tests/python/fixtures/make_test_models.py" --out "$work/m" --seed 2
 "$lwq" quantize --model "$work/m/scripted.pt" --weights "$work/m/scripted.safetensors" --algo rtn --dtype int4 \
     --group-size 16 --out "$work/q.pt" --quiet
 "$example" "$work/q.pt" --shape 2,5,48 | tee "$work/run.txt"
@@ -61,15 +61,14 @@ print("python agrees with the C++ example")
 PY
 
 echo "== a synthetic Llama: greedy generation in C++ and in Python give the same tokens"
-"$python" "$src/scripts/export_llama.py" --synthetic stories260K --out "$work/llama" --quiet
+"$python" -m lwq.export --synthetic stories260K --out "$work/llama" --quiet  # the installed package
 "$lwq" quantize --model "$work/llama/model.pt" --weights "$work/llama" --algo rtn --dtype int4 --group-size 32 \
     --out "$work/llama_q.pt" --quiet
 "$example" "$work/llama_q.pt" --generate 24 | tee "$work/gen.txt"
-"$python" - "$work/llama_q.pt" "$work/gen.txt" "$src/scripts" <<'PY'
+"$python" - "$work/llama_q.pt" "$work/gen.txt" <<'PY'
 import pathlib, sys, torch
-sys.path.insert(0, sys.argv[3])
-import lwq, lwq_llama
-tokens = lwq_llama.generate_greedy(lwq.load(sys.argv[1]), 24)
+import lwq, lwq.llama
+tokens = lwq.llama.generate_greedy(lwq.load(sys.argv[1]), 24)
 got = [int(t) for t in pathlib.Path(sys.argv[2]).read_text().split(":", 1)[1].split()]
 assert got == tokens and len(tokens) > 0, (got, tokens)
 print(f"python generates the same {len(tokens)} tokens")

@@ -4,20 +4,12 @@ RTN int8 per channel within 0.002 nats of fp32, GPTQ int4 g32 at most 0.7x RTN i
 SmoothQuant within 0.02 nats. The missed targets (AWQ, TEQ) are explained in docs/accuracy.md, not tested.
 Skipped when ../shared/data is absent."""
 import json
-import os
-import pathlib
-import subprocess
-import sys
 
 import pytest
 
-from conftest import BUILD_DIR, SHARED_DATA, SOURCE_DIR
-
-LWQ = pathlib.Path(os.environ.get("LWQ_BUILD_DIR", BUILD_DIR)) / "bin" / "lwq"
-EXPORT = SOURCE_DIR / "scripts" / "export_llama.py"
-STORIES = SHARED_DATA / "stories260K.bin"
-TOKENIZER = SHARED_DATA / "tok512.bin"
-TEXT = SHARED_DATA / "tinystories_val.txt"
+from conftest import SHARED_DATA, STORIES, TEXT, TOKENIZER, ok
+from conftest import lwq as run_lwq
+from lwq import export as exporter
 
 SEGMENTS = 600      # the evaluation protocol of docs/evaluation.md; fewer would blur the 0.002 int8 budget
 CALIB_LINES = 2000  # calibration: the last lines of the file, far from the first 600 paragraphs
@@ -28,18 +20,14 @@ pytestmark = pytest.mark.skipif(not (STORIES.exists() and TOKENIZER.exists() and
 
 
 def lwq(*args):
-    result = subprocess.run([str(LWQ), *map(str, args)], capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, (args, result.stdout, result.stderr)
-    return result
+    return ok(run_lwq(*args))
 
 
 @pytest.fixture(scope="module")
 def stories(tmp_path_factory):
     """The exported model directory and the calibration text, shared by every test of this file."""
-    assert LWQ.exists(), f"{LWQ} is missing: build first"
     out = tmp_path_factory.mktemp("accuracy")
-    subprocess.run([sys.executable, str(EXPORT), "--llama2c", str(STORIES), "--out", str(out / "s260"), "--quiet"],
-                   check=True)
+    assert exporter.main(["--llama2c", str(STORIES), "--out", str(out / "s260"), "--quiet"]) == 0
     lines = TEXT.read_text(encoding="utf-8").splitlines()
     (out / "calib.txt").write_text("\n".join(lines[-CALIB_LINES:]) + "\n", encoding="utf-8")
     return out

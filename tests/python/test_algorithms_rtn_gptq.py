@@ -1,11 +1,10 @@
 """torch.ops.lwq.rtn_quantize / gptq_hessian_add / gptq_quantize checked against plain torch math."""
-import os
-
 import pytest
 import torch
 
-BUILD_DIR = os.environ.get("LWQ_BUILD_DIR", "/work/main/build")
-torch.ops.load_library(os.path.join(BUILD_DIR, "lib", "liblwq.so"))
+from conftest import CORE_LIB
+
+torch.ops.load_library(str(CORE_LIB))
 lwq = torch.ops.lwq
 
 

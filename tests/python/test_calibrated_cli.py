@@ -1,15 +1,20 @@
 """`lwq quantize` with the calibrated algorithms (gptq, awq, teq, w8a8), block by block, on the models of
-scripts/make_test_models.py. Outputs are loaded and run in a fresh interpreter (only liblwq_ops.so loaded).
+fixtures/make_test_models.py. Outputs are loaded and run in a fresh interpreter (only liblwq_ops.so loaded).
 
 The calibration and evaluation inputs share one distribution with correlated channels and a few outlier
 channels (as LLM activations have): there GPTQ (which uses the correlations) and AWQ (which protects the
 channels that matter) must beat plain RTN, and W8A8 with SmoothQuant must beat W8A8 without it."""
 import json
+import os
+import signal
 
 import pytest
 import torch
 
-from test_cli import LWQ, lwq, make_test_models, models, run_fresh  # noqa: F401 (models is a fixture)
+from conftest import fails, lwq
+from fixtures import make_test_models
+from lwq.safetensors import read_safetensors, write_safetensors
+from test_cli import models, run_fresh  # noqa: F401 (models is a fixture)
 
 DIM = make_test_models.SCRIPTED_DIM
 
@@ -27,8 +32,8 @@ def calibrated(models, tmp_path_factory):
     out = tmp_path_factory.mktemp("calibrated")
     mix_seed = 11  # one distribution: the same mixing matrix for calibration and evaluation
     calib = structured_inputs(32, 16, DIM, mix_seed)
-    make_test_models.write_safetensors(out / "calib.safetensors", {"inputs": calib})
-    weights = make_test_models.read_safetensors(models / "scripted.safetensors")
+    write_safetensors(out / "calib.safetensors", {"inputs": calib})
+    weights = read_safetensors(models / "scripted.safetensors")[0]
     model = make_test_models.BlockModel(DIM, make_test_models.SCRIPTED_HIDDEN, make_test_models.SCRIPTED_BLOCKS)
     model.load_state_dict(weights)
     # Evaluation rows: the same distribution, other samples.
@@ -122,7 +127,7 @@ def test_layer_wise_equals_in_memory_bit_for_bit(models, calibrated, tmp_path, a
 
 def test_model_without_block_list_is_one_block(models, calibrated, tmp_path):
     calib = torch.randn(8, 4, make_test_models.TRACED_IN, generator=torch.Generator().manual_seed(5))
-    make_test_models.write_safetensors(tmp_path / "calib.safetensors", {"inputs": calib})
+    write_safetensors(tmp_path / "calib.safetensors", {"inputs": calib})
     out = tmp_path / "q.pt"
     r = lwq("quantize", "--model", models / "traced.pt", "--algo", "gptq", "--calib-tensors",
             tmp_path / "calib.safetensors", "--group-size", "32", "--out", out, "--report", tmp_path / "r.json")
@@ -131,23 +136,17 @@ def test_model_without_block_list_is_one_block(models, calibrated, tmp_path):
     assert run_fresh(out, models / "traced_reference.pt")["rel_error"] < 0.25
 
 
-def fails(result, *needles):
-    assert result.returncode != 0
-    for n in needles:
-        assert n in result.stderr, result.stderr
-
-
 def test_calibration_errors_are_named(models, calibrated, tmp_path):
     base = ["quantize", "--model", models / "scripted.pt", "--weights", models / "scripted.safetensors",
             "--out", tmp_path / "q.pt"]
     fails(lwq(*base, "--algo", "gptq"), "--calib-tensors")
     fails(lwq(*base, "--algo", "gptq", "--calib-tensors", tmp_path / "none.safetensors"), "none.safetensors")
-    make_test_models.write_safetensors(tmp_path / "other.safetensors", {"x": torch.zeros(2, 2)})
+    write_safetensors(tmp_path / "other.safetensors", {"x": torch.zeros(2, 2)})
     fails(lwq(*base, "--algo", "awq", "--calib-tensors", tmp_path / "other.safetensors"), "other.safetensors",
           "input_ids")
     bad = structured_inputs(2, 4, DIM, 1)
     bad[1, 2, 5] = float("nan")
-    make_test_models.write_safetensors(tmp_path / "nan.safetensors", {"inputs": bad})
+    write_safetensors(tmp_path / "nan.safetensors", {"inputs": bad})
     fails(lwq(*base, "--algo", "gptq", "--calib-tensors", tmp_path / "nan.safetensors"), "nan.safetensors")
     calib = ["--calib-tensors", calibrated / "calib.safetensors"]
     fails(lwq(*base, "--algo", "w8a8", *calib), "--dtype int8 --group-size -1")
@@ -157,17 +156,14 @@ def test_calibration_errors_are_named(models, calibrated, tmp_path):
 
 
 def kill_and_resume(base, out, kill_after):
-    """Runs `base`, SIGKILLed by itself after `kill_after` finished units, then resumes it."""
-    import os
-    import signal
-    import subprocess
+    """Runs `lwq base...`, SIGKILLed by itself after `kill_after` finished units, then resumes it."""
     env = dict(os.environ, LWQ_TEST_KILL_AFTER_UNITS=str(kill_after))
-    killed = subprocess.run([str(a) for a in base], capture_output=True, text=True, env=env, timeout=300)
+    killed = lwq(*base, env=env)
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     assert not out.exists()  # nothing at the output path before the run completes
     state = json.loads((out.parent / (out.name + ".lwq-resume") / "state.json").read_text())
     assert state["done"] == kill_after
-    resumed = subprocess.run([str(a) for a in base + ["--resume"]], capture_output=True, text=True, timeout=300)
+    resumed = lwq(*base, "--resume")
     assert resumed.returncode == 0, resumed.stderr
     assert f"resuming after {kill_after} finished units" in resumed.stderr
     assert not (out.parent / (out.name + ".lwq-resume")).exists()  # the state goes once the output is written
@@ -177,11 +173,11 @@ def kill_and_resume(base, out, kill_after):
 @pytest.mark.parametrize("algo,kill_after", [("gptq", 1), ("awq", 2), ("rtn", 4)])
 def test_killed_run_resumes_to_the_same_bytes(models, calibrated, tmp_path, algo, kill_after):
     def command(out):
-        return [LWQ, "quantize", "--model", models / "scripted.pt", "--weights", models / "scripted.safetensors",
+        return ["quantize", "--model", models / "scripted.pt", "--weights", models / "scripted.safetensors",
                 "--algo", algo, "--group-size", "32", "--calib-tensors", calibrated / "calib.safetensors",
                 "--out", out]
     reference = tmp_path / "reference.pt"
-    r = lwq(*command(reference)[1:])
+    r = lwq(*command(reference))
     assert r.returncode == 0, r.stderr
     assert kill_and_resume(command(tmp_path / "q.pt"), tmp_path / "q.pt", kill_after) == reference.read_bytes()
 
@@ -190,10 +186,7 @@ def test_resume_refuses_the_state_of_another_command(models, calibrated, tmp_pat
     out = tmp_path / "q.pt"
     base = ["quantize", "--model", models / "scripted.pt", "--weights", models / "scripted.safetensors",
             "--calib-tensors", calibrated / "calib.safetensors", "--out", out]
-    import os
-    import subprocess
-    env = dict(os.environ, LWQ_TEST_KILL_AFTER_UNITS="1")
-    subprocess.run([str(LWQ)] + [str(a) for a in base + ["--algo", "gptq"]], env=env, capture_output=True)
+    lwq(*base, "--algo", "gptq", env=dict(os.environ, LWQ_TEST_KILL_AFTER_UNITS="1"))
     fails(lwq(*base, "--algo", "gptq", "--group-size", "64", "--resume"), "spec", "another run")
     # Without --resume the old state is discarded and the run starts afresh.
     r = lwq(*base, "--algo", "gptq", "--group-size", "64")

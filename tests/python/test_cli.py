@@ -1,39 +1,25 @@
-"""End to end: `lwq quantize` / `lwq inspect` on the models of scripts/make_test_models.py, outputs loaded and run in a
-fresh Python process (only liblwq_ops.so loaded, as a deployment would)."""
-import importlib.util
+"""End to end: `lwq quantize` / `lwq inspect` on the models of fixtures/make_test_models.py, outputs loaded and run
+in a fresh Python process (only liblwq_ops.so loaded, as a deployment would)."""
 import json
-import os
-import pathlib
 import subprocess
 import sys
 
 import pytest
 import torch
 
-from conftest import BUILD_DIR, OPS_LIB, SOURCE_DIR
-
-LWQ = pathlib.Path(os.environ.get("LWQ_BUILD_DIR", BUILD_DIR)) / "bin" / "lwq"
-MAKE_MODELS = SOURCE_DIR / "scripts" / "make_test_models.py"
+from conftest import LWQ, OPS_LIB, fails, lwq
+from fixtures import generate
+from lwq.safetensors import read_safetensors, write_safetensors
 
 # Relative L2 error of the model output against the fp32 reference (a zero model scores 1.0).
 INT8_BUDGET = 0.01
 INT4_BUDGET = 0.25  # measured about 0.15 (int4 sym uses 15 levels; 3 residual blocks compound)
 
-_spec = importlib.util.spec_from_file_location("make_test_models", MAKE_MODELS)
-make_test_models = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(make_test_models)
-
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     assert LWQ.exists(), f"{LWQ} is missing: build first"
-    out = tmp_path_factory.mktemp("models")
-    subprocess.run([sys.executable, str(MAKE_MODELS), "--out", str(out), "--seed", "3"], check=True)
-    return out
-
-
-def lwq(*args):
-    return subprocess.run([str(LWQ), *map(str, args)], capture_output=True, text=True, timeout=300)
+    return generate("make_test_models.py", tmp_path_factory.mktemp("models"), 3)
 
 
 def quantize(models, name, out, *options):
@@ -154,52 +140,46 @@ def test_help_of_every_command():
 
 # Error cases: a message naming the culprit, exit status 1, and never a half-written output.
 
-def assert_fails(result, *needles):
-    assert result.returncode == 1, (result.returncode, result.stdout, result.stderr)
-    for needle in needles:
-        assert needle in result.stderr, (needle, result.stderr)
-
-
 def test_missing_weights_file(models, tmp_path):
     missing = tmp_path / "nope.safetensors"
-    assert_fails(lwq("quantize", "--model", models / "scripted.pt", "--weights", missing, "--algo", "rtn",
+    fails(lwq("quantize", "--model", models / "scripted.pt", "--weights", missing, "--algo", "rtn",
                      "--out", tmp_path / "q.pt"), str(missing))
     assert not (tmp_path / "q.pt").exists()
 
 
 def test_meta_model_without_weights(models, tmp_path):
-    assert_fails(lwq("quantize", "--model", models / "scripted.pt", "--algo", "rtn", "--out", tmp_path / "q.pt"),
+    fails(lwq("quantize", "--model", models / "scripted.pt", "--algo", "rtn", "--out", tmp_path / "q.pt"),
                  "layers.0.norm.weight", "--weights")
 
 
 def test_missing_tensor_in_store_is_named(models, tmp_path):
-    tensors = make_test_models.read_safetensors(models / "scripted.safetensors")
+    tensors = read_safetensors(models / "scripted.safetensors")[0]
     del tensors["layers.1.gate.weight"]
     weights = tmp_path / "w.safetensors"
-    make_test_models.write_safetensors(weights, tensors)
-    assert_fails(lwq("quantize", "--model", models / "scripted.pt", "--weights", weights, "--algo", "rtn",
+    write_safetensors(weights, tensors)
+    fails(lwq("quantize", "--model", models / "scripted.pt", "--weights", weights, "--algo", "rtn",
                      "--out", tmp_path / "q.pt"), "layers.1.gate.weight")
     assert not (tmp_path / "q.pt").exists()
 
 
 def test_wrong_shape_in_store_is_named(models, tmp_path):
-    tensors = make_test_models.read_safetensors(models / "scripted.safetensors")
+    tensors = read_safetensors(models / "scripted.safetensors")[0]
     tensors["layers.0.up.bias"] = torch.zeros(7)
     weights = tmp_path / "w.safetensors"
-    make_test_models.write_safetensors(weights, tensors)
-    assert_fails(lwq("quantize", "--model", models / "scripted.pt", "--weights", weights, "--algo", "rtn",
+    write_safetensors(weights, tensors)
+    fails(lwq("quantize", "--model", models / "scripted.pt", "--weights", weights, "--algo", "rtn",
                      "--out", tmp_path / "q.pt"), "layers.0.up.bias", "[7]")
 
 
 def test_nan_weight_names_the_layer_and_leaves_output_untouched(models, tmp_path):
-    tensors = make_test_models.read_safetensors(models / "scripted.safetensors")
+    tensors = read_safetensors(models / "scripted.safetensors")[0]
     tensors["layers.2.down.weight"][3, 5] = float("nan")
     weights = tmp_path / "w.safetensors"
-    make_test_models.write_safetensors(weights, tensors)
+    write_safetensors(weights, tensors)
     out = tmp_path / "q.pt"
     out.write_bytes(b"previous output")
     failed = lwq("quantize", "--model", models / "scripted.pt", "--weights", weights, "--algo", "rtn", "--out", out)
-    assert_fails(failed, "layers.2.down", "NaN")
+    fails(failed, "layers.2.down", "NaN")
     assert out.read_bytes() == b"previous output"
     # No temporary is left; the finished layers are kept (as after any failure) and the user is told.
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("q.pt")) == ["q.pt", "q.pt.lwq-resume"]
@@ -209,7 +189,7 @@ def test_nan_weight_names_the_layer_and_leaves_output_untouched(models, tmp_path
 def test_output_equal_to_an_input_is_refused(models, tmp_path):
     model_bytes = (models / "scripted.pt").read_bytes()
     for out in (models / "scripted.pt", models / "scripted.safetensors"):
-        assert_fails(lwq("quantize", "--model", models / "scripted.pt", "--weights",
+        fails(lwq("quantize", "--model", models / "scripted.pt", "--weights",
                          models / "scripted.safetensors", "--algo", "rtn", "--out", out), "input")
     assert (models / "scripted.pt").read_bytes() == model_bytes
 
@@ -217,19 +197,19 @@ def test_output_equal_to_an_input_is_refused(models, tmp_path):
 def test_already_quantized_model_is_refused(models, tmp_path):
     out = tmp_path / "q.pt"
     quantize(models, "traced", out, "--dtype", "int8")
-    assert_fails(lwq("quantize", "--model", out, "--algo", "rtn", "--out", tmp_path / "q2.pt"), "already")
+    fails(lwq("quantize", "--model", out, "--algo", "rtn", "--out", tmp_path / "q2.pt"), "already")
 
 
 def test_unsupported_algorithm_and_bad_options(models, tmp_path):
     base = ["quantize", "--model", models / "traced.pt", "--out", tmp_path / "q.pt"]
-    assert_fails(lwq(*base, "--algo", "gptq"), "gptq", "--calib-tensors")
-    assert_fails(lwq(*base, "--algo", "sparsegpt"), "sparsegpt", "rtn, gptq, awq, teq, w8a8")
-    assert_fails(lwq(*base, "--algo", "rtn", "--dtype", "int5"), "int5")
-    assert_fails(lwq(*base, "--algo", "rtn", "--group-size", "abc"), "--group-size")
-    assert_fails(lwq(*base, "--algo", "rtn", "--dtype", "nf4", "--asym"), "nf4")
-    assert_fails(lwq(*base, "--algo", "rtn", "--exclude", "("), "(")
-    assert_fails(lwq("inspect", tmp_path / "missing.pt"), "missing.pt")
-    assert_fails(lwq("frobnicate"), "frobnicate")
+    fails(lwq(*base, "--algo", "gptq"), "gptq", "--calib-tensors")
+    fails(lwq(*base, "--algo", "sparsegpt"), "sparsegpt", "rtn, gptq, awq, teq, w8a8")
+    fails(lwq(*base, "--algo", "rtn", "--dtype", "int5"), "int5")
+    fails(lwq(*base, "--algo", "rtn", "--group-size", "abc"), "--group-size")
+    fails(lwq(*base, "--algo", "rtn", "--dtype", "nf4", "--asym"), "nf4")
+    fails(lwq(*base, "--algo", "rtn", "--exclude", "("), "(")
+    fails(lwq("inspect", tmp_path / "missing.pt"), "missing.pt")
+    fails(lwq("frobnicate"), "frobnicate")
 
 
 def test_compute_int8_installs_woq_linear_a8(models, tmp_path):
@@ -255,9 +235,9 @@ def test_compute_int8_refuses_dtypes_and_algorithms_it_cannot_serve(models, tmp_
     out = tmp_path / "q.pt"
     result = lwq("quantize", "--model", models / "scripted.pt", "--weights", models / "scripted.safetensors",
                  "--algo", "rtn", "--dtype", "nf4", "--compute", "int8", "--out", out)
-    assert_fails(result, "--compute int8", "nf4")
+    fails(result, "--compute int8", "nf4")
     assert not out.exists()
     result = lwq("quantize", "--model", models / "scripted.pt", "--weights", models / "scripted.safetensors",
                  "--algo", "rtn", "--compute", "int4", "--out", out)
-    assert_fails(result, "unknown compute", "int4")
+    fails(result, "unknown compute", "int4")
     assert not out.exists()

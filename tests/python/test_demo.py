@@ -2,26 +2,26 @@
 tool and encodes as the Python reference does (lwq eval on the exported model gives the NLL the trainer computed in
 Python), the loss goes down, the held-out text is disjoint from the training text, and --reuse skips a finished run.
 The full demo (scripts/demo.sh) takes minutes and is not run here."""
+import importlib.util
 import json
 import math
-import os
 import pathlib
 import subprocess
 import sys
 
 import pytest
 
-from conftest import BUILD_DIR, SOURCE_DIR
+from conftest import LWQ, SOURCE_DIR, lwq, ok
+from lwq import export as exporter
+from lwq import llama2c
 
-LWQ = pathlib.Path(os.environ.get("LWQ_BUILD_DIR", BUILD_DIR)) / "bin" / "lwq"
-SCRIPTS = SOURCE_DIR / "scripts"
-TRAIN = SCRIPTS / "train_tiny_llama.py"
+TRAIN = SOURCE_DIR / "scripts" / "train_tiny_llama.py"
 LICENSES = pathlib.Path("/usr/share/common-licenses")
 ARGS = ["--steps", "40", "--batch", "8", "--seq-len", "64", "--seed", "3", "--threads", "1", "--quiet"]
 
-sys.path.insert(0, str(SCRIPTS))
-import llama2c  # noqa: E402
-import train_tiny_llama  # noqa: E402
+_spec = importlib.util.spec_from_file_location("train_tiny_llama", TRAIN)  # a script, not on the module path
+train_tiny_llama = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(train_tiny_llama)
 
 
 def train(out, *extra):
@@ -67,13 +67,9 @@ def test_tokenizer_round_trips_and_compresses(trained):
 
 def test_lwq_eval_matches_the_trainers_python_nll(trained, tmp_path):
     assert LWQ.exists(), f"{LWQ} is missing: build first"
-    export = subprocess.run([sys.executable, str(SCRIPTS / "export_llama.py"), "--llama2c", str(trained / "model.bin"),
-                             "--out", str(tmp_path / "fp32"), "--quiet"], capture_output=True, text=True, timeout=300)
-    assert export.returncode == 0, export.stderr
-    result = subprocess.run([str(LWQ), "eval", "--model", str(tmp_path / "fp32" / "model.pt"), "--weights",
-                             str(tmp_path / "fp32"), "--tokenizer", str(trained / "tokenizer.bin"), "--text",
-                             str(trained / "heldout.txt"), "--json"], capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr
+    assert exporter.main(["--llama2c", str(trained / "model.bin"), "--out", str(tmp_path / "fp32"), "--quiet"]) == 0
+    result = ok(lwq("eval", "--model", tmp_path / "fp32" / "model.pt", "--weights", tmp_path / "fp32", "--tokenizer",
+                    trained / "tokenizer.bin", "--text", trained / "heldout.txt", "--json"))
     got = json.loads(result.stdout)
     info = json.loads((trained / "train.json").read_text())
     # Same ids (C++ tokenizer = Python reference), same weights (the .bin layout), same protocol.

@@ -1,8 +1,8 @@
-"""`lwq eval` and `lwq generate` end to end (subprocess of the binary): on the tiny contract Llama of tiny_llama.py
-against its eager Python reference, and on the real stories260K exported by scripts/export_llama.py (skipped when
-../shared/data is absent): greedy output equal to llama2.c's, NLL on 600 paragraphs, and int8 RTN close to fp32."""
+"""`lwq eval` and `lwq generate` end to end (subprocess of the binary): on the tiny contract Llama of
+fixtures/tiny_llama.py against its eager Python reference, and on the real stories260K exported by lwq.export
+(skipped when ../shared/data is absent): greedy output equal to llama2.c's, NLL on 600 paragraphs, and int8 RTN close
+to fp32."""
 import json
-import os
 import pathlib
 import re
 import subprocess
@@ -10,28 +10,13 @@ import sys
 
 import pytest
 
-from conftest import BUILD_DIR, SHARED_DATA, SOURCE_DIR
+from conftest import GREEDY, LWQ, STORIES, TEXT, TOKENIZER, lwq, ok
+from lwq import export as exporter
 
-LWQ = pathlib.Path(os.environ.get("LWQ_BUILD_DIR", BUILD_DIR)) / "bin" / "lwq"
-TINY = pathlib.Path(__file__).resolve().parent / "tiny_llama.py"
-EXPORT = SOURCE_DIR / "scripts" / "export_llama.py"
+TINY = pathlib.Path(__file__).resolve().parent / "fixtures" / "tiny_llama.py"
 
-STORIES = SHARED_DATA / "stories260K.bin"
-TOKENIZER = SHARED_DATA / "tok512.bin"
-GREEDY = SHARED_DATA / "stories260K.greedy.txt"
-TEXT = SHARED_DATA / "tinystories_val.txt"
-
-# Mean NLL of the fp32 stories260K on the first 600 paragraphs (scripts/llama2c.py's protocol: 1.42203).
+# Mean NLL of the fp32 stories260K on the first 600 paragraphs (lwq.llama2c's protocol: 1.42203).
 FP32_NLL_600 = 1.422
-
-
-def lwq(*args):
-    return subprocess.run([str(LWQ), *map(str, args)], capture_output=True, text=True, timeout=600)
-
-
-def ok(result):
-    assert result.returncode == 0, (result.returncode, result.stdout, result.stderr)
-    return result
 
 
 def eval_json(*args):
@@ -131,8 +116,7 @@ def stories(tmp_path_factory):
         pytest.skip(f"real test material absent: {STORIES} not found (see ../shared/data)")
     assert LWQ.exists(), f"{LWQ} is missing: build first"
     out = tmp_path_factory.mktemp("stories") / "export"
-    subprocess.run([sys.executable, str(EXPORT), "--llama2c", str(STORIES), "--out", str(out), "--quiet"],
-                   check=True)
+    assert exporter.main(["--llama2c", str(STORIES), "--out", str(out), "--quiet"]) == 0
     return out
 
 

@@ -1,6 +1,6 @@
-"""scripts/export_llama.py: the exported directory (meta-parameter TorchScript + safetensors + config.json) on the
-real stories260K (greedy text and NLL of llama2.c), on llama2.c and Hugging Face files written here, on synthetic
-presets (dtypes, sharding, determinism), and through `lwq quantize`."""
+"""lwq.export (python3 -m lwq.export, scripts/export_llama.py): the exported directory (meta-parameter TorchScript +
+safetensors + config.json) on the real stories260K (greedy text and NLL of llama2.c), on llama2.c and Hugging Face
+files written here, on synthetic presets (dtypes, sharding, determinism), and through `lwq quantize`."""
 import json
 import math
 import os
@@ -13,42 +13,31 @@ import sys
 import pytest
 import torch
 
-from conftest import BUILD_DIR, SHARED_DATA, SOURCE_DIR
+from conftest import GREEDY, PYTHON_DIR, SOURCE_DIR, STORIES, TEXT, TOKENIZER, lwq, ok
+from conftest import needs_stories as needs_real
+from lwq import export as exporter
+from lwq import llama, llama2c, safetensors
 
-sys.path.insert(0, str(SOURCE_DIR / "scripts"))
-import export_llama  # noqa: E402
-import llama2c  # noqa: E402
-import lwq_llama  # noqa: E402
-import safetensors_py  # noqa: E402
-
-EXPORT = SOURCE_DIR / "scripts" / "export_llama.py"
-LWQ = BUILD_DIR / "bin" / "lwq"
-MODEL = SHARED_DATA / "stories260K.bin"
-TOKENIZER = SHARED_DATA / "tok512.bin"
-GREEDY = SHARED_DATA / "stories260K.greedy.txt"
-TEXT = SHARED_DATA / "tinystories_val.txt"
-
-needs_real = pytest.mark.skipif(not MODEL.exists(),
-                                reason=f"real test material absent: {MODEL} not found (see ../shared/data)")
+EXPORT_SCRIPT = SOURCE_DIR / "scripts" / "export_llama.py"  # the checkout's shim of python3 -m lwq.export
 
 # A small untied grouped-query Llama for the llama2.c / Hugging Face round trips (head_dim 8, 2 query heads per
 # key/value head, hidden not a multiple of 8).
-SMALL = lwq_llama.LlamaConfig(dim=32, hidden_dim=44, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=300,
+SMALL = llama.LlamaConfig(dim=32, hidden_dim=44, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=300,
                               max_seq_len=64, tied_embeddings=False)
 
 
 def export(*args) -> int:
-    return export_llama.main([str(a) for a in args] + ["--quiet"])
+    return exporter.main([str(a) for a in args] + ["--quiet"])
 
 
 def load_exported(directory) -> torch.jit.ScriptModule:
     module = torch.jit.load(str(pathlib.Path(directory) / "model.pt"))
-    safetensors_py.load_into_module(module, str(directory))
+    safetensors.load_into_module(module, str(directory))
     return module
 
 
 def store_tensors(directory):
-    store = safetensors_py.WeightStore(str(directory))
+    store = safetensors.WeightStore(str(directory))
     return {name: store.read(name) for name in store.names()}
 
 
@@ -75,7 +64,7 @@ def write_llama2c(path, cfg, tensors):
     for name in ["input_layernorm", "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
                  "post_attention_layernorm", "mlp.gate_proj", "mlp.down_proj", "mlp.up_proj"]:
         parts += [tensors[f"layers.{i}.{name}.weight"] for i in range(L)]
-    cos, sin = lwq_llama.rotary_tables(cfg)
+    cos, sin = llama.rotary_tables(cfg)
     parts += [tensors["norm.weight"], cos, sin]
     if not cfg.tied_embeddings:
         parts.append(tensors["lm_head.weight"])
@@ -96,9 +85,9 @@ def write_hf(directory, cfg, tensors, shards=1):
                 hf[name] = t
             continue
         if name.endswith("q_proj.weight"):
-            t = lwq_llama.adjacent_pairs_to_hf(t, cfg.n_heads)
+            t = llama.adjacent_pairs_to_hf(t, cfg.n_heads)
         elif name.endswith("k_proj.weight"):
-            t = lwq_llama.adjacent_pairs_to_hf(t, cfg.n_kv_heads)
+            t = llama.adjacent_pairs_to_hf(t, cfg.n_kv_heads)
         hf["model." + name] = t
     config = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": cfg.dim,
               "intermediate_size": cfg.hidden_dim, "num_hidden_layers": cfg.n_layers,
@@ -110,13 +99,13 @@ def write_hf(directory, cfg, tensors, shards=1):
     (directory / "config.json").write_text(json.dumps(config))
     names = list(hf)
     if shards == 1:
-        safetensors_py.write_safetensors(str(directory / "model.safetensors"), hf)
+        safetensors.write_safetensors(str(directory / "model.safetensors"), hf)
         return
     weight_map = {}
     for s in range(shards):
         file = f"model-{s + 1:05d}-of-{shards:05d}.safetensors"
         part = names[s::shards]  # interleaved: the index, not the file order, must decide
-        safetensors_py.write_safetensors(str(directory / file), {n: hf[n] for n in part})
+        safetensors.write_safetensors(str(directory / file), {n: hf[n] for n in part})
         weight_map.update({n: file for n in part})
     (directory / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
 
@@ -131,10 +120,10 @@ def sample_tokens(vocab, n=2, length=24, seed=0):
 
 @pytest.fixture(scope="module")
 def real_export(tmp_path_factory):
-    if not MODEL.exists():
-        pytest.skip(f"real test material absent: {MODEL} not found (see ../shared/data)")
+    if not STORIES.exists():
+        pytest.skip(f"real test material absent: {STORIES} not found (see ../shared/data)")
     out = tmp_path_factory.mktemp("real") / "stories260K"
-    assert export("--llama2c", MODEL, "--tokenizer", TOKENIZER, "--out", out) == 0
+    assert export("--llama2c", STORIES, "--tokenizer", TOKENIZER, "--out", out) == 0
     return out
 
 
@@ -165,13 +154,13 @@ def test_real_export_layout(real_export):
     assert sorted(tensors) == sorted(params)
     assert all(t.dtype == torch.float32 for t in tensors.values())
     assert torch.equal(tensors["lm_head.weight"], tensors["embed_tokens.weight"])  # tied: stored as a copy
-    _, state = llama2c.read_checkpoint(str(MODEL))
+    _, state = llama2c.read_checkpoint(str(STORIES))
     assert all(torch.equal(tensors[n], state[n]) for n in state)
 
 
 @needs_real
 def test_real_greedy_generation_reproduces_llama2c(real_model):
-    tokens = lwq_llama.generate_greedy(real_model, 256)
+    tokens = llama.generate_greedy(real_model, 256)
     tokenizer = llama2c.Tokenizer(str(TOKENIZER))
     # run.c prints the pieces then "\n"; the reference file ends with one more newline.
     assert tokenizer.decode(tokens, as_printed=True) + "\n\n" == GREEDY.read_text(encoding="utf-8")
@@ -196,14 +185,14 @@ def test_real_forward_equals_forward_cached(real_model):
 def test_real_nll_on_600_paragraphs(real_model):
     tokenizer = llama2c.Tokenizer(str(TOKENIZER))
     seqs = llama2c.eval_sequences(tokenizer, llama2c.read_segments(str(TEXT), 600), 512)
-    total, count = lwq_llama.sequence_nll(real_model, seqs)
+    total, count = llama.sequence_nll(real_model, seqs)
     # 1.42203 with this protocol; the data README's independent measurement: about 1.42.
     assert abs(total / count - 1.422) < 0.01, total / count
 
 
 @needs_real
 def test_real_hf_layout_gives_the_same_model(real_export, tmp_path):
-    cfg = lwq_llama.LlamaConfig.from_json(json.loads((real_export / "config.json").read_text()))
+    cfg = llama.LlamaConfig.from_json(json.loads((real_export / "config.json").read_text()))
     write_hf(tmp_path / "hf", cfg, store_tensors(real_export))
     assert export("--hf", tmp_path / "hf", "--out", tmp_path / "out") == 0
     assert store_tensors(tmp_path / "out").keys() == store_tensors(real_export).keys()
@@ -252,7 +241,7 @@ def test_bf16_hf_checkpoint_exports_as_bf16_by_default(small, tmp_path):
 
 def test_reading_in_row_blocks_gives_the_same_files(small, tmp_path, monkeypatch):
     root, _ = small
-    monkeypatch.setattr(export_llama, "READ_BLOCK", 100)  # 3 rows of 32 values per read
+    monkeypatch.setattr(exporter, "READ_BLOCK", 100)  # 3 rows of 32 values per read
     for source, out in (("--llama2c", root / "small.bin"), ("--hf", root / "hf")):
         name = "from_llama2c" if source == "--llama2c" else "from_hf"
         assert export(source, out, "--out", tmp_path / name) == 0
@@ -261,19 +250,19 @@ def test_reading_in_row_blocks_gives_the_same_files(small, tmp_path, monkeypatch
 
 
 def test_synthetic_blocks_are_seeded_independently(monkeypatch):
-    cfg = export_llama.PRESETS["stories260K"]
-    monkeypatch.setattr(lwq_llama, "SYNTHETIC_BLOCK", 64 * 100)  # 100 rows of the 512 x 64 embedding per block
-    blocks = list(lwq_llama.synthetic_blocks(cfg, "embed_tokens.weight", 7))
+    cfg = exporter.PRESETS["stories260K"]
+    monkeypatch.setattr(llama, "SYNTHETIC_BLOCK", 64 * 100)  # 100 rows of the 512 x 64 embedding per block
+    blocks = list(llama.synthetic_blocks(cfg, "embed_tokens.weight", 7))
     assert [b.shape[0] for b in blocks] == [100] * 5 + [12]
-    again = list(lwq_llama.synthetic_blocks(cfg, "embed_tokens.weight", 7))
+    again = list(llama.synthetic_blocks(cfg, "embed_tokens.weight", 7))
     assert all(torch.equal(a, b) for a, b in zip(blocks, again))
     assert not torch.equal(blocks[0], blocks[1][:100]) and not torch.equal(blocks[0][:12], blocks[5])
-    assert torch.equal(lwq_llama.synthetic_tensor(cfg, "lm_head.weight", 7), torch.cat(blocks))  # tied
+    assert torch.equal(llama.synthetic_tensor(cfg, "lm_head.weight", 7), torch.cat(blocks))  # tied
 
 
 def test_llama2c_and_hf_exports_match_the_eager_model(small):
     root, tensors = small
-    eager = lwq_llama.LlamaModel(SMALL).eval()
+    eager = llama.LlamaModel(SMALL).eval()
     eager.load_state_dict(tensors)
     ids = sample_tokens(SMALL.vocab_size)
     with torch.no_grad():
@@ -289,17 +278,17 @@ def test_hf_permutation_turns_rotate_half_into_adjacent_pairs():
     n_heads, hd, dim, T = 3, 8, 16, 5
     w_hf = torch.randn(n_heads * hd, dim, generator=g)
     x = torch.randn(1, T, dim, generator=g)
-    cfg = lwq_llama.LlamaConfig(dim=dim, hidden_dim=8, n_layers=1, n_heads=n_heads, n_kv_heads=n_heads,
+    cfg = llama.LlamaConfig(dim=dim, hidden_dim=8, n_layers=1, n_heads=n_heads, n_kv_heads=n_heads,
                                 vocab_size=4, max_seq_len=T, head_dim=hd)
-    cos, sin = lwq_llama.rotary_tables(cfg)
+    cos, sin = llama.rotary_tables(cfg)
     q = (x @ w_hf.T).view(1, T, n_heads, hd)
     c, s = torch.cat((cos, cos), -1)[None, :, None], torch.cat((sin, sin), -1)[None, :, None]
     rotated_hf = q * c + torch.cat((-q[..., hd // 2:], q[..., :hd // 2]), -1) * s
-    w = lwq_llama.hf_to_adjacent_pairs(w_hf, n_heads)
-    rotated = lwq_llama.apply_rotary((x @ w.T).view(1, T, n_heads, hd), cos, sin)
+    w = llama.hf_to_adjacent_pairs(w_hf, n_heads)
+    rotated = llama.apply_rotary((x @ w.T).view(1, T, n_heads, hd), cos, sin)
     torch.testing.assert_close(rotated[..., 0::2], rotated_hf[..., :hd // 2])
     torch.testing.assert_close(rotated[..., 1::2], rotated_hf[..., hd // 2:])
-    assert torch.equal(lwq_llama.adjacent_pairs_to_hf(w, n_heads), w_hf)
+    assert torch.equal(llama.adjacent_pairs_to_hf(w, n_heads), w_hf)
 
 
 def test_llama2c_file_of_wrong_size_or_version_is_refused(small, tmp_path, capsys):
@@ -348,12 +337,12 @@ def test_hf_directory_errors_name_the_problem(small, tmp_path, capsys):
 
 
 def test_llama3_rope_scaling_keeps_high_frequencies_and_stretches_low_ones():
-    base = lwq_llama.LlamaConfig(dim=2048, hidden_dim=8, n_layers=1, n_heads=32, n_kv_heads=8, vocab_size=4,
+    base = llama.LlamaConfig(dim=2048, hidden_dim=8, n_layers=1, n_heads=32, n_kv_heads=8, vocab_size=4,
                                  max_seq_len=16, rope_theta=500000.0)
-    scaled = lwq_llama.LlamaConfig(**{**base.__dict__, "rope_scaling": {
+    scaled = llama.LlamaConfig(**{**base.__dict__, "rope_scaling": {
         "rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
         "original_max_position_embeddings": 8192}})
-    f0, f1 = lwq_llama.rope_frequencies(base), lwq_llama.rope_frequencies(scaled)
+    f0, f1 = llama.rope_frequencies(base), llama.rope_frequencies(scaled)
     wavelen = 2 * math.pi / f0
     assert torch.equal(f1[wavelen < 8192 / 4], f0[wavelen < 8192 / 4])
     torch.testing.assert_close(f1[wavelen > 8192], f0[wavelen > 8192] / 32)
@@ -381,7 +370,7 @@ def test_synthetic_dtypes_store_the_rounded_fp32_values(synthetic):
         reference = load_exported(synthetic / "fp32")(ids)
     assert torch.isfinite(reference).all()
     for name, dtype, st_name in [("fp16", torch.float16, "F16"), ("bf16", torch.bfloat16, "BF16")]:
-        header = safetensors_py.SafetensorsFile(str(synthetic / name / "model.safetensors"))
+        header = safetensors.SafetensorsFile(str(synthetic / name / "model.safetensors"))
         assert {header.dtype(n) for n in header.names()} == {dtype}
         raw = (synthetic / name / "model.safetensors").read_bytes()
         assert f'"dtype":"{st_name}"'.encode() in raw[:struct.unpack("<Q", raw[:8])[0] + 8]
@@ -414,7 +403,7 @@ def test_sharded_index_maps_every_tensor_to_exactly_one_shard(synthetic):
     assert all(f"-of-{len(shards):05d}.safetensors" in s for s in shards)
     seen = {}
     for shard in shards:
-        f = safetensors_py.SafetensorsFile(str(directory / shard))
+        f = safetensors.SafetensorsFile(str(directory / shard))
         data = sum(e - b for _, _, b, e in f.tensors.values())
         assert data <= 64 * 1024 or len(f.names()) == 1, shard  # only a tensor larger than a shard stands alone
         offsets = sorted((b, e) for _, _, b, e in f.tensors.values())
@@ -423,7 +412,7 @@ def test_sharded_index_maps_every_tensor_to_exactly_one_shard(synthetic):
         for name in f.names():
             assert name not in seen and weight_map[name] == shard
             seen[name] = shard
-    expected = dict(lwq_llama.LlamaConfig(**export_llama.PRESETS["stories260K"].__dict__).parameter_shapes())
+    expected = dict(llama.LlamaConfig(**exporter.PRESETS["stories260K"].__dict__).parameter_shapes())
     assert sorted(seen) == sorted(weight_map) == sorted(expected)
     assert index["metadata"]["total_size"] == 4 * sum(math.prod(s) for s in expected.values())
     single = store_tensors(synthetic / "fp32")
@@ -453,7 +442,7 @@ def test_max_seq_len_sets_the_rotary_tables(tmp_path):
     module = torch.jit.load(str(tmp_path / "m" / "model.pt"))
     assert module.rope_cos.shape == (48, 4)
     assert json.loads((tmp_path / "m" / "config.json").read_text())["max_seq_len"] == 48
-    cos, _ = lwq_llama.rotary_tables(export_llama.PRESETS["stories260K"])
+    cos, _ = llama.rotary_tables(exporter.PRESETS["stories260K"])
     assert torch.equal(module.rope_cos, cos[:48])
 
 
@@ -471,17 +460,37 @@ def test_existing_output_is_kept_unless_forced(synthetic, tmp_path, capsys):
     assert export("--synthetic", "stories260K", "--out", empty) == 0
 
 
+def entry_points():
+    """The exporter's two command lines: python3 -m lwq.export, and the checkout's scripts/export_llama.py."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(PYTHON_DIR), os.environ.get("PYTHONPATH", "")]))
+    return [([sys.executable, "-m", "lwq.export"], env), ([sys.executable, str(EXPORT_SCRIPT)], None)]
+
+
+def test_command_lines_write_what_main_writes(tmp_path):
+    assert export("--synthetic", "stories260K", "--seed", 4, "--layers", 2, "--out", tmp_path / "main") == 0
+    for i, (command, env) in enumerate(entry_points()):
+        out = tmp_path / f"cli{i}"
+        result = subprocess.run(command + ["--synthetic", "stories260K", "--seed", "4", "--layers", "2", "--out",
+                                           str(out), "--quiet"], capture_output=True, text=True, timeout=300, env=env)
+        assert result.returncode == 0, (command, result.stderr)
+        assert sorted(os.listdir(out)) == sorted(os.listdir(tmp_path / "main"))
+        for name in ("model.safetensors", "config.json"):
+            assert (out / name).read_bytes() == (tmp_path / "main" / name).read_bytes(), (command, name)
+        assert torch.jit.load(str(out / "model.pt")).code == torch.jit.load(str(tmp_path / "main" / "model.pt")).code
+
+
 def test_help_and_argument_errors():
-    result = subprocess.run([sys.executable, str(EXPORT), "--help"], capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0
-    for word in ("--llama2c", "--hf", "--synthetic", "--shard-size", "llama-2-7b-like", "llama-3.2-1b-like",
-                 "llama-8gb", "model.safetensors.index.json"):
-        assert word in result.stdout, word
+    for command, env in entry_points():
+        result = subprocess.run(command + ["--help"], capture_output=True, text=True, timeout=60, env=env)
+        assert result.returncode == 0, (command, result.stderr)
+        for word in ("--llama2c", "--hf", "--synthetic", "--shard-size", "llama-2-7b-like", "llama-3.2-1b-like",
+                     "llama-8gb", "model.safetensors.index.json"):
+            assert word in result.stdout, (command, word)
     with pytest.raises(SystemExit):
-        export_llama.main(["--synthetic", "stories260K", "--llama2c", "x.bin", "--out", "y"])
+        exporter.main(["--synthetic", "stories260K", "--llama2c", "x.bin", "--out", "y"])
     with pytest.raises(SystemExit):
-        export_llama.main(["--llama2c", "x.bin", "--seed", "1", "--out", "y"])
-    assert export_llama.parse_size("2GiB") == 2 << 30 and export_llama.parse_size("500MB") == 500_000_000
+        exporter.main(["--llama2c", "x.bin", "--seed", "1", "--out", "y"])
+    assert exporter.parse_size("2GiB") == 2 << 30 and exporter.parse_size("500MB") == 500_000_000
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -489,11 +498,8 @@ def test_help_and_argument_errors():
 
 
 def lwq_quantize(model_dir, out, *options):
-    assert LWQ.exists(), f"{LWQ} is missing: build first"
-    result = subprocess.run([str(LWQ), "quantize", "--model", str(model_dir / "model.pt"), "--weights",
-                             str(model_dir), "--algo", "rtn", "--out", str(out), "--quiet", *options],
-                            capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr
+    ok(lwq("quantize", "--model", model_dir / "model.pt", "--weights", model_dir, "--algo", "rtn", "--out", out,
+           "--quiet", *options))
 
 
 def test_lwq_quantizes_the_sharded_export_and_python_runs_it(lwq_ops, synthetic, tmp_path):
@@ -527,7 +533,7 @@ def test_lwq_int4_of_the_real_export_keeps_quality(lwq_ops, real_export, real_mo
     q = torch.jit.load(str(tmp_path / "q.pt"))
     tokenizer = llama2c.Tokenizer(str(TOKENIZER))
     seqs = llama2c.eval_sequences(tokenizer, llama2c.read_segments(str(TEXT), 100), 512)
-    fp32_total, count = lwq_llama.sequence_nll(real_model, seqs)
-    q_total, _ = lwq_llama.sequence_nll(q, seqs)
+    fp32_total, count = llama.sequence_nll(real_model, seqs)
+    q_total, _ = llama.sequence_nll(q, seqs)
     delta = (q_total - fp32_total) / count
     assert 0 < delta < 0.15, delta  # demo's int4 g32 asym: +0.083 on 200 paragraphs

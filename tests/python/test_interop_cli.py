@@ -1,48 +1,31 @@
 """`lwq export` / `lwq import` end to end: GPTQ checkpoints written here by an independent Python packer (bit streams
 built bit by bit), imported, run, exported again; plain safetensors exports; and the refusals."""
-import importlib.util
 import json
-import os
-import pathlib
-import subprocess
-import sys
 
 import pytest
 import torch
 
-from conftest import BUILD_DIR, SOURCE_DIR
-
-LWQ = pathlib.Path(os.environ.get("LWQ_BUILD_DIR", BUILD_DIR)) / "bin" / "lwq"
-MAKE_MODELS = SOURCE_DIR / "scripts" / "make_test_models.py"
-
-_spec = importlib.util.spec_from_file_location("make_test_models", MAKE_MODELS)
-mtm = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(mtm)
+from conftest import LWQ, fails, lwq, ok
+from fixtures import generate
+from fixtures import make_test_models as mtm
+from lwq.safetensors import read_safetensors, write_safetensors
 
 LINEARS = [f"layers.{i}.{p}" for i in range(mtm.SCRIPTED_BLOCKS) for p in ("up", "gate", "down")]
 
 
-def lwq(*args):
-    return subprocess.run([str(LWQ), *map(str, args)], capture_output=True, text=True, timeout=300)
+def read_tensors(path):
+    return read_safetensors(path)[0]
 
 
-def ok(result):
-    assert result.returncode == 0, result.stderr
-    return result
-
-
-def fails(result, *needles):
-    assert result.returncode == 1, (result.returncode, result.stdout, result.stderr)
-    for needle in needles:
-        assert needle in result.stderr, (needle, result.stderr)
+def write_sorted(path, tensors):
+    """A safetensors file with the tensors in name order."""
+    write_safetensors(path, {name: tensors[name] for name in sorted(tensors)})
 
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     assert LWQ.exists(), f"{LWQ} is missing: build first"
-    out = tmp_path_factory.mktemp("models")
-    subprocess.run([sys.executable, str(MAKE_MODELS), "--out", str(out), "--seed", "5"], check=True)
-    return out
+    return generate("make_test_models.py", tmp_path_factory.mktemp("models"), 5)
 
 
 # --- GPTQ tensors, written and read bit by bit (the layout of docs/interop.md) ---------------------------------
@@ -92,7 +75,7 @@ def write_gptq(directory, models, bits, group_size, sym, act_order, seed, prefix
     """A GPTQ checkpoint of the scripted test model; returns the float weights it stands for."""
     directory.mkdir(parents=True, exist_ok=True)
     gen = torch.Generator().manual_seed(seed)
-    floats = mtm.read_safetensors(models / "scripted.safetensors")
+    floats = read_tensors(models / "scripted.safetensors")
     tensors, weights = {}, {}
     for name in LINEARS:
         out_f, in_f = floats[name + ".weight"].shape
@@ -103,7 +86,7 @@ def write_gptq(directory, models, bits, group_size, sym, act_order, seed, prefix
     for name, value in floats.items():
         if name not in weights:  # everything but the quantized weights, under its own name
             tensors[prefix + name] = value
-    mtm.write_safetensors(directory / "model.safetensors", tensors)
+    write_sorted(directory / "model.safetensors", tensors)
     config = {"bits": bits, "group_size": group_size, "desc_act": act_order, "sym": sym, "damp_percent": 0.01,
               "true_sequential": True, "static_groups": False, "model_file_base_name": "model",
               "quant_method": "gptq", "checkpoint_format": "gptq" if v1 else "gptq_v2"}
@@ -161,8 +144,8 @@ def test_gptq_import_runs_and_round_trips_exactly(lwq_ops, models, tmp_path, bit
     # gptq -> lwq -> gptq: the same tensors, bit for bit, and the same quantize_config fields.
     out = tmp_path / "exported"
     ok(lwq("export", "--format", "gptq", tmp_path / "q.pt", out))
-    original = mtm.read_safetensors(ckpt / "model.safetensors")
-    exported = mtm.read_safetensors(out / "model.safetensors")
+    original = read_tensors(ckpt / "model.safetensors")
+    exported = read_tensors(out / "model.safetensors")
     assert original.keys() == exported.keys()
     for name in original:
         assert original[name].dtype == exported[name].dtype and torch.equal(original[name], exported[name]), name
@@ -221,8 +204,8 @@ def test_v2_checkpoint_keeps_zero_points_of_zero(lwq_ops, models, tmp_path):
     fails(lwq("export", "--format", "gptq", tmp_path / "q.pt", tmp_path / "v1"), "zero point(s) are 0", "gptq_v2")
     out = tmp_path / "v2"
     ok(lwq("export", "--format", "gptq", "--checkpoint-format", "gptq_v2", tmp_path / "q.pt", out))
-    assert torch.equal(mtm.read_safetensors(out / "model.safetensors")["layers.1.down.qzeros"],
-                       mtm.read_safetensors(ckpt / "model.safetensors")["layers.1.down.qzeros"])
+    assert torch.equal(read_tensors(out / "model.safetensors")["layers.1.down.qzeros"],
+                       read_tensors(ckpt / "model.safetensors")["layers.1.down.qzeros"])
 
 
 def test_import_with_renamed_prefix(lwq_ops, models, tmp_path):
@@ -269,9 +252,9 @@ def test_import_refusals(lwq_ops, models, tmp_path):
     # A missing non-linear parameter (the model's archive is empty) is named.
     missing = tmp_path / "missing"
     missing.mkdir()
-    tensors = mtm.read_safetensors(ckpt / "model.safetensors")
+    tensors = read_tensors(ckpt / "model.safetensors")
     del tensors["layers.2.norm.weight"]
-    mtm.write_safetensors(missing / "model.safetensors", tensors)
+    write_sorted(missing / "model.safetensors", tensors)
     (missing / "quantize_config.json").write_text(json.dumps(cfg))
     fails(lwq("import", "--format", "gptq", missing, "--model", models / "scripted.pt", "--out", tmp_path / "q.pt"),
           "layers.2.norm.weight")
@@ -294,7 +277,7 @@ def test_help():
 @pytest.fixture(scope="module")
 def calibration(models):
     path = models / "calib.safetensors"
-    mtm.write_safetensors(path, {"inputs": torch.randn(8, 5, mtm.SCRIPTED_DIM, generator=torch.Generator().manual_seed(1))})
+    write_safetensors(path, {"inputs": torch.randn(8, 5, mtm.SCRIPTED_DIM, generator=torch.Generator().manual_seed(1))})
     return path
 
 
@@ -307,14 +290,14 @@ def test_gptq_act_order_model_exports_and_comes_back(lwq_ops, models, calibratio
     ok(lwq("export", "--format", "gptq", "--round-scales", q, out))
     cfg = json.loads((out / "quantize_config.json").read_text())
     assert cfg["desc_act"] is True and cfg["sym"] is False and cfg["group_size"] == 16
-    tensors = mtm.read_safetensors(out / "model.safetensors")
+    tensors = read_tensors(out / "model.safetensors")
     assert not torch.equal(tensors["layers.0.up.g_idx"], torch.arange(48, dtype=torch.int32) // 16)
     ok(lwq("import", "--format", "gptq", out, "--model", models / "scripted.pt", "--out", tmp_path / "q2.pt"))
     x = torch.load(models / "scripted_reference.pt")["x"]
     y, y2 = run(lwq_ops, q, x), run(lwq_ops, tmp_path / "q2.pt", x)
     assert ((y2 - y).norm() / y.norm()).item() < 1e-3
     ok(lwq("export", "--format", "gptq", tmp_path / "q2.pt", tmp_path / "again"))
-    again = mtm.read_safetensors(tmp_path / "again" / "model.safetensors")
+    again = read_tensors(tmp_path / "again" / "model.safetensors")
     assert all(torch.equal(tensors[k], again[k]) for k in tensors) and tensors.keys() == again.keys()
 
 

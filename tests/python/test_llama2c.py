@@ -1,23 +1,13 @@
-"""scripts/llama2c.py on the real stories260K model: checkpoint reader, tokenizer, reference greedy output, fp32
-quality, and int8 round-to-nearest through torch.ops.lwq. Skips when ../shared/data is absent."""
-import pathlib
-import sys
-
+"""lwq.llama2c (with lwq.llama's model) on the real stories260K model: checkpoint reader, tokenizer, reference greedy
+output, fp32 quality, and int8 round-to-nearest through torch.ops.lwq. Skips when ../shared/data is absent."""
 import pytest
 import torch
 
-from conftest import SHARED_DATA
+import lwq  # the Python package: nn.Linear -> QuantLinear on torch.ops.lwq.woq_linear
+from conftest import GREEDY, STORIES, TEXT, TOKENIZER, needs_stories
+from lwq import llama, llama2c
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2] / "scripts"))
-import llama2c  # noqa: E402
-
-MODEL = SHARED_DATA / "stories260K.bin"
-TOKENIZER = SHARED_DATA / "tok512.bin"
-GREEDY = SHARED_DATA / "stories260K.greedy.txt"
-TEXT = SHARED_DATA / "tinystories_val.txt"
-
-pytestmark = pytest.mark.skipif(not MODEL.exists(),
-                                reason=f"real test material absent: {MODEL} not found (see ../shared/data)")
+pytestmark = needs_stories
 
 EVAL_SEGMENTS = 100
 # Mean NLL (nats/token) of the fp32 model on the first 100 paragraphs, measured with this code (1.43136; over 600
@@ -33,7 +23,7 @@ def tokenizer():
 @pytest.fixture(scope="module")
 def model():
     torch.set_num_threads(1)
-    return llama2c.load_model(str(MODEL))
+    return llama2c.load_model(str(STORIES))
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +32,7 @@ def eval_sequences(tokenizer):
 
 
 def test_checkpoint_header_and_shapes():
-    cfg, state = llama2c.read_checkpoint(str(MODEL))
+    cfg, state = llama2c.read_checkpoint(str(STORIES))
     assert (cfg.dim, cfg.hidden_dim, cfg.n_layers, cfg.n_heads, cfg.n_kv_heads, cfg.vocab_size, cfg.max_seq_len) == \
         (64, 172, 5, 8, 4, 512, 512)
     assert cfg.tied_embeddings
@@ -53,7 +43,7 @@ def test_checkpoint_header_and_shapes():
 
 @pytest.mark.parametrize("cut", [1, 4 * 64, 1_000_000])
 def test_truncated_checkpoint_is_refused_naming_the_file(tmp_path, cut):
-    data = MODEL.read_bytes()
+    data = STORIES.read_bytes()
     bad = tmp_path / "truncated.bin"
     bad.write_bytes(data[:len(data) - cut])
     with pytest.raises(ValueError, match=r"truncated\.bin.*truncated"):
@@ -61,7 +51,7 @@ def test_truncated_checkpoint_is_refused_naming_the_file(tmp_path, cut):
 
 
 def test_trailing_bytes_and_bad_header_are_refused(tmp_path):
-    data = MODEL.read_bytes()
+    data = STORIES.read_bytes()
     longer = tmp_path / "longer.bin"
     longer.write_bytes(data + b"\0\0\0\0")
     with pytest.raises(ValueError, match="trailing bytes"):
@@ -96,8 +86,8 @@ def test_tokenizer_matches_naive_bpe_and_round_trips(tokenizer):
         assert ids == naive_bpe(tokenizer, line), line
         assert tokenizer.decode(ids) == line
     assert tokenizer.encode("") == []
-    assert tokenizer.encode("Hi", bos=True, eos=True)[0] == llama2c.BOS
-    assert tokenizer.encode("Hi", bos=True, eos=True)[-1] == llama2c.EOS
+    assert tokenizer.encode("Hi", bos=True, eos=True)[0] == llama.BOS
+    assert tokenizer.encode("Hi", bos=True, eos=True)[-1] == llama.EOS
 
 
 def test_tokenizer_byte_fallback(tokenizer):
@@ -108,7 +98,7 @@ def test_tokenizer_byte_fallback(tokenizer):
 
 
 def test_greedy_generation_reproduces_llama2c(model, tokenizer):
-    tokens = llama2c.generate_greedy(model, 256)
+    tokens = llama.generate_greedy(model, 256)
     assert len(tokens) == 256
     # run.c prints the pieces then "\n"; the reference file ends with one more newline closing the file.
     printed = tokenizer.decode(tokens, as_printed=True) + "\n"
@@ -116,29 +106,25 @@ def test_greedy_generation_reproduces_llama2c(model, tokenizer):
 
 
 def test_fp32_nll_on_first_paragraphs(model, eval_sequences):
-    total, count = llama2c.sequence_nll(model, eval_sequences)
+    total, count = llama.sequence_nll(model, eval_sequences)
     assert count == 9618
     assert abs(total / count - FP32_NLL_100) < 0.005, total / count
 
 
 def test_batched_nll_equals_one_sequence_at_a_time(model, eval_sequences):
     seqs = eval_sequences[:12]
-    total, count = llama2c.sequence_nll(model, seqs)
-    singles = [llama2c.sequence_nll(model, [s]) for s in seqs]
+    total, count = llama.sequence_nll(model, seqs)
+    singles = [llama.sequence_nll(model, [s]) for s in seqs]
     assert count == sum(c for _, c in singles)
     assert total == pytest.approx(sum(t for t, _ in singles), rel=1e-5)
 
 
 def test_int8_rtn_through_lwq_ops_keeps_quality(lwq_ops, model, eval_sequences):
-    from conftest import SOURCE_DIR
-    sys.path.insert(0, str(SOURCE_DIR / "python"))
-    import lwq  # the Python package: nn.Linear -> QuantLinear on torch.ops.lwq.woq_linear
-
-    quantized = llama2c.load_model(str(MODEL))
+    quantized = llama2c.load_model(str(STORIES))
     replaced = lwq.quantize_(quantized, "int8", -1, True)
     assert len(replaced) == 5 * 7 and not any(name.endswith("lm_head") for name in replaced)
-    fp32_total, count = llama2c.sequence_nll(model, eval_sequences)
-    q_total, q_count = llama2c.sequence_nll(quantized, eval_sequences)
+    fp32_total, count = llama.sequence_nll(model, eval_sequences)
+    q_total, q_count = llama.sequence_nll(quantized, eval_sequences)
     assert q_count == count
     delta = (q_total - fp32_total) / count
     assert 0 < abs(delta) < 0.002, delta

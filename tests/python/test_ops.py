@@ -129,11 +129,11 @@ torch.save(out, sys.argv[2])
 
 
 def test_avx512_and_avx2_kernels_give_the_same_bits_through_the_ops(tmp_path):
-    """The AVX-512 loops (decode row, blocked micro-kernel, a8 GEMV) against the AVX2 ones (LWQ_NO_AVX512=1), through
+    """The AVX-512 loops (decode row, blocked micro-kernel, a8 GEMV) against the AVX2 ones (LWQ_CPU=avx_vnni), through
     the ops at 1 and 2 threads: the same bits. On a CPU without AVX-512 both runs take the AVX2 path."""
     import os
     outs = []
-    for env in ({}, {"LWQ_NO_AVX512": "1"}):
+    for env in ({}, {"LWQ_CPU": "avx_vnni"}):
         path = tmp_path / f"out{len(outs)}.pt"
         subprocess.run([sys.executable, "-c", _ISA_OUTPUTS, str(OPS_LIB), str(path)], check=True, timeout=300,
                        env={**os.environ, **env})

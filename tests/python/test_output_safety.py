@@ -2,48 +2,22 @@
 input stands for, before any work; the resume state survives a failed final write (a full disk) and is locked
 against a second run; files in the way are refused, never deleted; JSON nested too deep is refused, not a crash."""
 import fcntl
-import importlib.util
 import json
 import os
-import pathlib
 import shutil
 import subprocess
-import sys
 
 import pytest
 
-from conftest import BUILD_DIR, SOURCE_DIR
-
-LWQ = pathlib.Path(os.environ.get("LWQ_BUILD_DIR", BUILD_DIR)) / "bin" / "lwq"
-MAKE_MODELS = SOURCE_DIR / "scripts" / "make_test_models.py"
-
-_spec = importlib.util.spec_from_file_location("make_test_models", MAKE_MODELS)
-mtm = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(mtm)
+from conftest import LWQ, fails, lwq, ok
+from fixtures import generate
+from lwq.safetensors import read_safetensors
 
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     assert LWQ.exists(), f"{LWQ} is missing: build first"
-    out = tmp_path_factory.mktemp("models")
-    subprocess.run([sys.executable, str(MAKE_MODELS), "--out", str(out), "--seed", "7"], check=True)
-    return out
-
-
-def lwq(*args, timeout=300):
-    return subprocess.run([str(LWQ), *map(str, args)], capture_output=True, text=True, timeout=timeout)
-
-
-def ok(result):
-    assert result.returncode == 0, result.stderr
-    return result
-
-
-def fails(result, *needles):
-    assert result.returncode == 1, (result.returncode, result.stdout, result.stderr)
-    for needle in needles:
-        assert needle in result.stderr, (needle, result.stderr)
-    return result
+    return generate("make_test_models.py", tmp_path_factory.mktemp("models"), 7)
 
 
 def quantize(models, weights, out, *options):
@@ -56,7 +30,7 @@ def weights_dir(models, tmp_path):
     d = tmp_path / "weights"
     d.mkdir()
     shutil.copy(models / "scripted.safetensors", d / "model-00001-of-00001.safetensors")
-    names = mtm.read_safetensors(models / "scripted.safetensors").keys()
+    names = read_safetensors(models / "scripted.safetensors")[0].keys()
     index = {"weight_map": {n: "model-00001-of-00001.safetensors" for n in names}}
     (d / "model.safetensors.index.json").write_text(json.dumps(index))
     (d / "config.json").write_text("{}")
@@ -166,7 +140,7 @@ def test_a_full_disk_keeps_the_finished_units(models, tmp_path):
     w = models / "scripted.safetensors"
     reference = tmp_path / "reference.pt"
     ok(quantize(models, w, reference))
-    units = len([n for n in mtm.read_safetensors(w) if n.endswith(("up.weight", "gate.weight", "down.weight"))])
+    units = len([n for n in read_safetensors(w)[0] if n.endswith(("up.weight", "gate.weight", "down.weight"))])
     disk = tmp_path / "disk"
     out, state = disk / "q.pt", disk / "q.pt.lwq-resume"
     _mount_tmpfs(disk, "64m")

@@ -1,37 +1,28 @@
 """The Python package python/lwq: finding the libraries, quantizing nn.Linear layers in place, TorchScript round trip,
 the data-only safetensors export read back without TorchScript, and the examples/python script."""
-import importlib.util
 import os
-import pathlib
 import subprocess
 import sys
 
 import pytest
 import torch
 
-from conftest import BUILD_DIR, OPS_LIB, SOURCE_DIR
-
-sys.path.insert(0, str(SOURCE_DIR / "python"))
-import lwq  # noqa: E402
-from lwq import _library  # noqa: E402
-
-LWQ = pathlib.Path(os.environ.get("LWQ_BUILD_DIR", BUILD_DIR)) / "bin" / "lwq"
-MAKE_MODELS = SOURCE_DIR / "scripts" / "make_test_models.py"
-_spec = importlib.util.spec_from_file_location("make_test_models", MAKE_MODELS)
-mtm = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(mtm)
+import lwq
+from conftest import LWQ, OPS_LIB, PYTHON_DIR, SOURCE_DIR, ok
+from conftest import lwq as run_lwq
+from fixtures import generate
+from fixtures import make_test_models as mtm
+from lwq import _library, tool
 
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    out = tmp_path_factory.mktemp("models")
-    subprocess.run([sys.executable, str(MAKE_MODELS), "--out", str(out), "--seed", "11"], check=True)
-    return out
+    return generate("make_test_models.py", tmp_path_factory.mktemp("models"), 11)
 
 
 def block_model(models):
     model = mtm.BlockModel(mtm.SCRIPTED_DIM, mtm.SCRIPTED_HIDDEN, mtm.SCRIPTED_BLOCKS).eval()
-    model.load_state_dict(mtm.read_safetensors(models / "scripted.safetensors"))
+    model.load_state_dict(lwq.read_safetensors(models / "scripted.safetensors")[0])
     return model
 
 
@@ -56,6 +47,17 @@ def test_library_search_order(tmp_path):
     (build / "lib").mkdir(parents=True)
     (build / "lib" / "liblwq_ops.so").write_bytes(b"")
     assert _library.find_library("liblwq_ops.so", env, pkg) == build / "lib" / "liblwq_ops.so"
+
+
+def test_tool_is_found_and_its_failures_raise_with_stderr(tmp_path):
+    assert tool.build_dir({"LWQ_BUILD_DIR": str(tmp_path)}) == tmp_path
+    assert tool.build_dir({}).resolve() == (PYTHON_DIR / ".." / "build").resolve()  # this checkout's build/
+    assert tool.tool_path(tmp_path) == tmp_path / "bin" / "lwq"
+    assert "usage: lwq" in tool.run(["--help"], exe=LWQ).stdout
+    with pytest.raises(tool.ToolError, match=r"(?s)exit 1\): .*lwq frobnicate\n.*frobnicate") as e:
+        tool.run(["frobnicate"], exe=LWQ)
+    assert e.value.proc.returncode == 1
+    assert tool.run(["frobnicate"], exe=LWQ, check=False).returncode == 1
 
 
 def test_finds_this_build():
@@ -87,7 +89,7 @@ def test_quantize_in_place_runs_and_scripts(models, tmp_path):
     torch.save(x, tmp_path / "x.pt")
     code = ("import sys, torch; sys.path.insert(0, sys.argv[1]); import lwq; "
             "m = lwq.load(sys.argv[2]); torch.save(m(torch.load(sys.argv[3])), sys.argv[4])")
-    subprocess.run([sys.executable, "-c", code, str(SOURCE_DIR / "python"), str(path), str(tmp_path / "x.pt"),
+    subprocess.run([sys.executable, "-c", code, str(PYTHON_DIR), str(path), str(tmp_path / "x.pt"),
                     str(tmp_path / "y.pt")], check=True, env={**os.environ, "LWQ_BUILD_DIR": str(OPS_LIB.parents[1])})
     assert torch.equal(torch.load(tmp_path / "y.pt"), y)
 
@@ -148,8 +150,7 @@ def test_fp16_scales_export_to_gptq_exactly(models, tmp_path):
     for args in (["export", "--format", "gptq", q, tmp_path / "gptq"],
                  ["import", "--format", "gptq", tmp_path / "gptq", "--model", models / "scripted.pt", "--out",
                   tmp_path / "q2.pt"]):
-        result = subprocess.run([str(LWQ), *map(str, args)], capture_output=True, text=True, timeout=300)
-        assert result.returncode == 0, result.stderr
+        ok(run_lwq(*args))
     with torch.no_grad():
         assert torch.equal(lwq.load(tmp_path / "q2.pt")(x), y)
     with pytest.raises(ValueError, match="integer dtypes"):
@@ -158,14 +159,10 @@ def test_fp16_scales_export_to_gptq_exactly(models, tmp_path):
 
 def test_safetensors_export_loads_without_torchscript(models, tmp_path):
     q = tmp_path / "q.pt"
-    result = subprocess.run([str(LWQ), "quantize", "--model", models / "scripted.pt", "--weights",
-                             models / "scripted.safetensors", "--algo", "rtn", "--dtype", "int4", "--group-size", "16",
-                             "--asym", "--out", q, "--quiet"], capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr
+    ok(run_lwq("quantize", "--model", models / "scripted.pt", "--weights", models / "scripted.safetensors", "--algo",
+               "rtn", "--dtype", "int4", "--group-size", "16", "--asym", "--out", q, "--quiet"))
     plain = tmp_path / "q.safetensors"
-    result = subprocess.run([str(LWQ), "export", "--format", "safetensors", q, plain], capture_output=True, text=True,
-                            timeout=300)
-    assert result.returncode == 0, result.stderr
+    ok(run_lwq("export", "--format", "safetensors", q, plain))
     packed, tensors = lwq.load_packed_safetensors(plain)
     assert sorted(packed) == sorted(f"layers.{i}.{p}" for i in range(3) for p in ("up", "gate", "down"))
     assert packed["layers.2.down"].dtype() == "int4" and not packed["layers.2.down"].sym()

@@ -1,35 +1,12 @@
-"""The C++ safetensors reader on files written by Python with json + struct only (no safetensors package)."""
+"""The C++ safetensors reader on files written by Python with json + struct only (lwq.safetensors; no safetensors
+package): tensors in the dict's order (not sorted, unlike the C++ writer), back to back, header padded to 8 bytes."""
 import json
 import struct
 
 import pytest
 import torch
 
-DTYPE_NAMES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.float64: "F64",
-               torch.int64: "I64", torch.int32: "I32", torch.int8: "I8", torch.uint8: "U8"}
-
-
-def tensor_bytes(t):
-    t = t.contiguous()
-    if t.dtype == torch.bfloat16:  # numpy has no bfloat16: same bits as int16
-        t = t.view(torch.int16)
-    return t.numpy().tobytes()
-
-
-def write_safetensors(path, tensors, metadata=None):
-    """Tensors in the dict's order (not sorted, unlike the C++ writer), header padded to 8 bytes."""
-    header, blobs, offset = {}, [], 0
-    if metadata:
-        header["__metadata__"] = metadata
-    for name, t in tensors.items():
-        raw = tensor_bytes(t)
-        header[name] = {"dtype": DTYPE_NAMES[t.dtype], "shape": list(t.shape),
-                        "data_offsets": [offset, offset + len(raw)]}
-        blobs.append(raw)
-        offset += len(raw)
-    text = json.dumps(header).encode()
-    text += b" " * (-len(text) % 8)
-    path.write_bytes(struct.pack("<Q", len(text)) + text + b"".join(blobs))
+from lwq.safetensors import write_safetensors
 
 
 def sample():

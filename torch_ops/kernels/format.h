@@ -59,16 +59,9 @@ uint8_t code_at(const uint8_t* packed, int64_t K, int bits, int64_t n, int64_t k
 // y[m, n] = sum_k x[m, k] * W[n, k] + bias[n] for m < M and the rows of tiles [tile_begin, tile_end).
 // x is [M, K_pad] with zeros in columns K..K_pad (row stride ldx >= K_pad); bias may be nullptr;
 // y is [M, N] with row stride ldy, and only columns n < N are written.
+// The scalar reference; the SIMD versions are in woq_gemm_avx2.h, the choice between them in dispatch.h.
 void woq_gemm_ref(const WeightView& w, const float* x, int64_t M, int64_t ldx, const float* bias, float* y,
                   int64_t ldy, int64_t tile_begin, int64_t tile_end);
-void woq_gemm_avx2(const WeightView& w, const float* x, int64_t M, int64_t ldx, const float* bias, float* y,
-                   int64_t ldy, int64_t tile_begin, int64_t tile_end);
-
-// Runtime dispatch: true when the CPU and the OS support AVX2 + FMA (and LWQ_FORCE_REF is unset).
-bool cpu_has_avx2_fma();
-// True when cpu_has_avx2_fma() and the CPU has AVX-VNNI (VEX vpdpbusd), unless LWQ_NO_VNNI is set (to time or
-// test the plain AVX2 kernels on such a CPU).
-bool cpu_has_avx_vnni();
 
 }  // namespace kernels
 }  // namespace lwq

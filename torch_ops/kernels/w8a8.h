@@ -43,8 +43,8 @@ void w8a8_gemm_avx2(const WeightView& w, const int16_t* d, const int32_t* row_su
                     float act_scale, const float* bias, float* y, int64_t ldy, int64_t tile_begin,
                     int64_t tile_end);
 // The same result (bit for bit: the integer sums are exact either way) with AVX-VNNI's vpdpbusd, 4 u8 x s8
-// products per 32-bit lane and instruction, where the CPU has it (cpu_has_avx_vnni); a single row goes to
-// w8a8_gemm_avx2's GEMV, which is memory-bound already.
+// products per 32-bit lane and instruction, where the CPU has it (dispatch.h: level avx_vnni); a single row goes
+// to w8a8_gemm_avx2's GEMV, which is memory-bound already.
 void w8a8_gemm_avx_vnni(const WeightView& w, const int16_t* d, const int32_t* row_sum, int64_t M, int64_t ldd,
                         float act_scale, const float* bias, float* y, int64_t ldy, int64_t tile_begin,
                         int64_t tile_end);

@@ -1,6 +1,6 @@
 // W8A8 GEMM with AVX-VNNI (VEX vpdpbusd: 4 u8 x s8 products summed into each int32 lane, no saturation), for
-// blocks of rows; chosen at run time only where the CPU has it (cpu_has_avx_vnni). The file is compiled with the
-// AVX2 flags of every *_avx2.cpp; the pragma below adds AVX-VNNI to its functions only.
+// blocks of rows; the kernel table's choice (dispatch.h) from level avx_vnni up where the CPU has it. The file is
+// compiled with the AVX2 flags of every *_avx2.cpp; the pragma below adds AVX-VNNI to its functions only.
 //
 // vpdpbusd needs one unsigned and one signed operand. Weights become s8 q = c - 128 (one XOR). Activations
 // d = xq - zp (int16, |d| <= 255, any sign) become u8 per row: xu = d + o with o = -min_k d (a row's values span

@@ -75,16 +75,16 @@ bool woq_a8_quantize_acts_avx2(const WeightView& w, const std::vector<A8Block>& 
 void woq_a8_gemm_ref(const WeightView& w, const std::vector<A8Block>& blocks, const A8Acts& acts, int64_t M,
                      const float* bias, float* y, int64_t ldy, int64_t tile_begin, int64_t tile_end);
 void woq_a8_gemm_avx2(const WeightView& w, const std::vector<A8Block>& blocks, const A8Acts& acts, int64_t M,
-                      const float* bias, float* y, int64_t ldy, int64_t tile_begin, int64_t tile_end,
-                      bool allow_avx512 = true);
+                      const float* bias, float* y, int64_t ldy, int64_t tile_begin, int64_t tile_end);
+// woq_a8_gemm_avx2 with its M = 1 loop for 4-bit codes in whole 32-column blocks on AVX-512 VNNI
+// (woq_a8_avx512.cpp; only where cpu_has_avx512_vnni(), dispatch.h): two tiles per register and `vpdpbusd` (u8 x
+// s8 products summed into int32), the same integer sums and fp32 steps as the AVX2 loop, so the same bits.
+void woq_a8_gemm_avx512(const WeightView& w, const std::vector<A8Block>& blocks, const A8Acts& acts, int64_t M,
+                        const float* bias, float* y, int64_t ldy, int64_t tile_begin, int64_t tile_end);
 
-// M = 1, 4-bit codes, every block 32 whole columns, on AVX-512 VNNI (woq_a8_avx512.cpp; woq_a8_gemm_avx2 calls it
-// where cpu_has_avx512_vnni() and allow_avx512): two tiles per register and `vpdpbusd` (u8 x s8 products summed
-// into int32), the same integer sums and fp32 steps as the AVX2 loop, so the same bits. Runs tiles
-// [tile_begin, tile_end) two at a time and returns where it stopped (at most one tile is left).
-int64_t woq_a8_gemv4_avx512(const WeightView& w, const std::vector<A8Block>& blocks, const A8Acts& acts,
-                            const float* bias, float* y, int64_t tile_begin, int64_t tile_end);
-bool cpu_has_avx512_vnni();  // cpu_has_avx512() and AVX512-VNNI
+// True when every block is 32 whole columns starting at a multiple of 32 (the usual group sizes): the case the
+// M = 1 4-bit loops of the AVX2 and AVX-512 kernels serve.
+bool woq_a8_whole_blocks(const std::vector<A8Block>& blocks);
 
 }  // namespace kernels
 }  // namespace lwq

@@ -431,13 +431,9 @@ bool woq_a8_quantize_acts_avx2(const WeightView& w, const std::vector<A8Block>& 
 }
 
 void woq_a8_gemm_avx2(const WeightView& w, const std::vector<A8Block>& blocks, const A8Acts& acts, int64_t M,
-                      const float* bias, float* y, int64_t ldy, int64_t tile_begin, int64_t tile_end,
-                      bool allow_avx512) {
+                      const float* bias, float* y, int64_t ldy, int64_t tile_begin, int64_t tile_end) {
   if (M <= 0 || tile_begin >= tile_end) return;
-  const bool whole = std::all_of(blocks.begin(), blocks.end(),
-                                 [](const A8Block& b) { return b.k1 - b.k0 == kA8Block && b.k0 % kA8Block == 0; });
-  if (M == 1 && w.bits == 4 && whole && allow_avx512 && cpu_has_avx512_vnni())
-    tile_begin = woq_a8_gemv4_avx512(w, blocks, acts, bias, y, tile_begin, tile_end);
+  const bool whole = woq_a8_whole_blocks(blocks);
   Ctx c{&w, blocks.data(), static_cast<int64_t>(blocks.size()), acts, bias, y, ldy,
         w.K_pad / k_per_unit(w.bits) * unit_bytes(w.bits), whole};
   if (w.bits == 4)

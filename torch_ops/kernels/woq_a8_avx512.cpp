@@ -1,5 +1,5 @@
 // The int8-activation GEMV (M = 1, 4-bit codes, blocks of 32 whole columns) on AVX-512 VNNI, for CPUs that have
-// it (woq_a8.h: woq_a8_gemv4_avx512; chosen at run time, the AVX2 loop a8_gemv4 stays the reference). A 512-bit
+// it (woq_a8.h: woq_a8_gemm_avx512, chosen by the kernel table; the AVX2 loop a8_gemv4 stays the twin). A 512-bit
 // register holds the same unit of two adjacent tiles, and `vpdpbusd` multiplies the u8 codes by the s8
 // activations and adds groups of 4 products into int32 lanes: per unit and pair, 3 decode ops and 2 VNNI ops
 // where AVX2 needs, per tile, 3 decode ops, 2 `maddubs` and 2 adds. The block sums are the same exact integers,
@@ -110,10 +110,13 @@ int64_t gemv(const WeightView& w, const std::vector<A8Block>& blocks, const A8Ac
 
 }  // namespace
 
-int64_t woq_a8_gemv4_avx512(const WeightView& w, const std::vector<A8Block>& blocks, const A8Acts& acts,
-                            const float* bias, float* y, int64_t tile_begin, int64_t tile_end) {
-  return w.zeros ? gemv<true>(w, blocks, acts, bias, y, tile_begin, tile_end)
-                 : gemv<false>(w, blocks, acts, bias, y, tile_begin, tile_end);
+void woq_a8_gemm_avx512(const WeightView& w, const std::vector<A8Block>& blocks, const A8Acts& acts, int64_t M,
+                        const float* bias, float* y, int64_t ldy, int64_t tile_begin, int64_t tile_end) {
+  // Tiles two at a time; at most one is left for the AVX2 loop, which also takes every other case.
+  if (M == 1 && w.bits == 4 && tile_begin < tile_end && woq_a8_whole_blocks(blocks))
+    tile_begin = w.zeros ? gemv<true>(w, blocks, acts, bias, y, tile_begin, tile_end)
+                         : gemv<false>(w, blocks, acts, bias, y, tile_begin, tile_end);
+  woq_a8_gemm_avx2(w, blocks, acts, M, bias, y, ldy, tile_begin, tile_end);
 }
 
 }  // namespace kernels

@@ -28,6 +28,11 @@ std::vector<A8Block> woq_a8_blocks(const WeightView& w) {
   return blocks;
 }
 
+bool woq_a8_whole_blocks(const std::vector<A8Block>& blocks) {
+  return std::all_of(blocks.begin(), blocks.end(),
+                     [](const A8Block& b) { return b.k1 - b.k0 == kA8Block && b.k0 % kA8Block == 0; });
+}
+
 bool woq_a8_quantize_acts_ref(const WeightView& w, const std::vector<A8Block>& blocks, const float* x, int64_t M,
                               int64_t ldx, int8_t* xq, float* d, int32_t* xsum) {
   const int64_t n_blocks = static_cast<int64_t>(blocks.size());

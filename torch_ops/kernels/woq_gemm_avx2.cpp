@@ -14,8 +14,9 @@
 // Both paths handle any grouping: columns are walked as runs of one group ("segments"); whole units inside a
 // segment take the unrolled code, units cut by a group boundary fall back to per-column decoding.
 // Every output is summed in an order fixed by (path, K, grouping): neither M nor the tile range changes its bits.
-// Where the CPU has AVX-512, the M = 1 row loop and the micro-kernel hand over to their twins in
-// woq_gemm_avx512.cpp, which perform the same operations per output (same bits, tested).
+// woq_gemm_avx512_path (the kernel table's choice where the CPU has AVX-512) runs this code with the M = 1 row
+// loop and the micro-kernel handed over to their twins in woq_gemm_avx512.cpp, which perform the same operations
+// per output (same bits, tested).
 #include "woq_gemm_avx2.h"
 
 #include <immintrin.h>
@@ -611,10 +612,9 @@ void run(const Args& a, int64_t tb, int64_t te, WoqPath path) {
     decode_path<BITS, kTable>(a, tb, te);
 }
 
-}  // namespace
-
-void woq_gemm_avx2_path(const WeightView& w, const float* x, int64_t M, int64_t ldx, const float* bias, float* y,
-                        int64_t ldy, int64_t tile_begin, int64_t tile_end, WoqPath path, bool allow_avx512) {
+// Both entry points; avx512 hands the M = 1 row loop of integer codes and the micro-kernel to woq_gemm_avx512.cpp.
+void gemm(const WeightView& w, const float* x, int64_t M, int64_t ldx, const float* bias, float* y, int64_t ldy,
+          int64_t tile_begin, int64_t tile_end, WoqPath path, bool avx512) {
   if (M <= 0 || tile_begin >= tile_end) return;
   const bool table = w.codebook != Codebook::Int;
   if (table && w.bits != 4) {
@@ -634,7 +634,7 @@ void woq_gemm_avx2_path(const WeightView& w, const float* x, int64_t M, int64_t 
   a.ldy = ldy;
   a.tile_bytes = w.K_pad / k_per_unit(w.bits) * unit_bytes(w.bits);
   a.segs = &segs;
-  a.avx512 = allow_avx512 && cpu_has_avx512();
+  a.avx512 = avx512;
   if (table) {
     const float* tab = codebook_table(w.codebook);
     a.table = Table{_mm256_loadu_ps(tab), _mm256_loadu_ps(tab + 8)};
@@ -650,9 +650,16 @@ void woq_gemm_avx2_path(const WeightView& w, const float* x, int64_t M, int64_t 
   }
 }
 
-void woq_gemm_avx2(const WeightView& w, const float* x, int64_t M, int64_t ldx, const float* bias, float* y,
-                   int64_t ldy, int64_t tile_begin, int64_t tile_end) {
-  woq_gemm_avx2_path(w, x, M, ldx, bias, y, ldy, tile_begin, tile_end, woq_path_for(M));
+}  // namespace
+
+void woq_gemm_avx2_path(const WeightView& w, const float* x, int64_t M, int64_t ldx, const float* bias, float* y,
+                        int64_t ldy, int64_t tile_begin, int64_t tile_end, WoqPath path) {
+  gemm(w, x, M, ldx, bias, y, ldy, tile_begin, tile_end, path, false);
+}
+
+void woq_gemm_avx512_path(const WeightView& w, const float* x, int64_t M, int64_t ldx, const float* bias, float* y,
+                          int64_t ldy, int64_t tile_begin, int64_t tile_end, WoqPath path) {
+  gemm(w, x, M, ldx, bias, y, ldy, tile_begin, tile_end, path, true);
 }
 
 }  // namespace kernels

@@ -1,6 +1,7 @@
-// Path selection of the AVX2 weight-only GEMM (torch-free). woq_gemm_avx2 (format.h) picks the path from M; a
-// caller that splits M across threads uses woq_gemm_avx2_path with the path of the whole M, so that the bits of
-// an output never depend on how the work was split.
+// The SIMD weight-only GEMM (torch-free): its two paths, the AVX2 and AVX-512 entry points (chosen by the kernel
+// table, dispatch.h), and the AVX-512 pieces the AVX2 code hands over to. A caller that splits M across threads
+// passes the path of the whole M (woq_path_for), so that the bits of an output never depend on how the work was
+// split.
 #pragma once
 
 #include "format.h"
@@ -23,11 +24,16 @@ constexpr int64_t kWoqBlockedMinM = 12;
 
 inline WoqPath woq_path_for(int64_t M) { return M >= kWoqBlockedMinM ? WoqPath::Blocked : WoqPath::Decode; }
 
-// woq_gemm_avx2 with an explicit path. Within one path, y[m, n] is computed with a fixed order of operations that
-// depends on neither M nor the tile range, so any split of rows or tiles gives the same bits. allow_avx512 = false
-// keeps the decode path on AVX2 even where cpu_has_avx512() (the same bits: tests compare the two).
+// y[m, n] = sum_k x[m, k] * W[n, k] + bias[n] as woq_gemm_ref (format.h) with an explicit path. Within one path,
+// y[m, n] is computed with a fixed order of operations that depends on neither M nor the tile range, so any split
+// of rows or tiles gives the same bits.
 void woq_gemm_avx2_path(const WeightView& w, const float* x, int64_t M, int64_t ldx, const float* bias, float* y,
-                        int64_t ldy, int64_t tile_begin, int64_t tile_end, WoqPath path, bool allow_avx512 = true);
+                        int64_t ldy, int64_t tile_begin, int64_t tile_end, WoqPath path);
+// The same with the decode path's M = 1 row loop (integer codes of 2, 4, 8 bits) and the blocked micro-kernel on
+// AVX-512 (woq_decode_row_avx512, woq_micro_avx512 below): the same bits as woq_gemm_avx2_path. Only where
+// cpu_has_avx512() (dispatch.h).
+void woq_gemm_avx512_path(const WeightView& w, const float* x, int64_t M, int64_t ldx, const float* bias, float* y,
+                          int64_t ldy, int64_t tile_begin, int64_t tile_end, WoqPath path);
 
 // Columns [k0, k1) all belong to group g: the decode path walks a row as such runs ("segments").
 struct WoqSegment {
@@ -57,10 +63,6 @@ int64_t woq_decode_row_avx512(const DecodeRow& r, int64_t tile_begin, int64_t ti
 // starts from the bias, the others from y. Only columns < valid_cols are read from bias and y or written.
 void woq_micro_avx512(int mr, const float* x, int64_t ldx, const float* buf, int64_t kc, float* y, int64_t ldy,
                       const float* bias, bool first, int valid_cols);
-
-// True when the CPU and OS support AVX-512 F/BW/DQ/VL and cpu_has_avx2_fma(), unless LWQ_NO_AVX512 is set (to time
-// or test the AVX2 kernels on such a CPU).
-bool cpu_has_avx512();
 
 }  // namespace kernels
 }  // namespace lwq

@@ -1,7 +1,7 @@
 """The Llama model of lwq's exported TorchScript contract, in plain PyTorch, plus greedy decoding and NLL helpers.
 
-One definition serves the exporter (scripts/export_llama.py scripts it with meta parameters), the demo (real
-weights, Linears swapped for packed lwq ops) and the tests. Module and parameter names follow Hugging Face's Llama
+One definition serves the exporter (lwq.export scripts it with meta parameters), the demo (real weights, Linears
+swapped for packed lwq ops) and the tests. Module and parameter names follow Hugging Face's Llama
 (embed_tokens, layers.N.self_attn.q_proj, ..., norm, lm_head), so the default `lwq quantize` exclusion of
 `lm_head` keeps the head float. Rotary embeddings use llama2.c's convention (adjacent pairs (2i, 2i+1) rotated);
 Hugging Face checkpoints get their q/k rows permuted at export (hf_to_adjacent_pairs).
@@ -98,7 +98,7 @@ class LlamaConfig:
         return sum(math.prod(shape) for _, shape in self.parameter_shapes())
 
     def to_json(self) -> Dict[str, Any]:
-        """The model fields of the exported config.json (MODEL_CONTRACT.md)."""
+        """The model fields of the exported config.json (lwq.export writes the rest)."""
         out = {"architecture": "llama"}
         out.update(asdict(self))
         return out

@@ -1,12 +1,13 @@
-"""safetensors in plain Python (json + struct + torch; the safetensors package is not available here).
+"""safetensors in plain Python (json + struct + torch), lwq's one reader and writer of the format.
 
 Format: 8-byte little-endian header length N, N bytes of JSON {"name": {"dtype", "shape", "data_offsets": [begin,
 end]}, "__metadata__": {...}}, then the raw little-endian data (offsets relative to its start).
 
 - SafetensorsFile / WeightStore: read one tensor at a time with readinto (only that tensor is resident), from a file,
   or a directory with a Hugging Face model.safetensors.index.json and its shards (or exactly one .safetensors file).
+- read_safetensors: every tensor and the metadata of one (small) file.
 - ShardedWriter: streams tensors into one file or HF-style shards in a planned order; the headers are written from
-  the plan first, so no tensor has to be held after it is written.
+  the plan first, so no tensor has to be held after it is written. write_safetensors: one small file at once.
 - load_into_module: fills the (meta) parameters of an nn.Module or a torch.jit.load-ed ScriptModule from a store.
 """
 
@@ -30,7 +31,7 @@ SINGLE_NAME = "model.safetensors"
 MAX_HEADER = 100 * 1024 * 1024  # as the reference implementation: a larger header is a corrupt file
 
 if sys.byteorder != "little":
-    raise ImportError("safetensors_py writes the machine's byte order, which must be little-endian")
+    raise ImportError("lwq.safetensors writes the machine's byte order, which must be little-endian")
 
 
 def element_size(dtype: torch.dtype) -> int:
@@ -117,6 +118,13 @@ class SafetensorsFile:
         if got != end - begin:
             raise ValueError(f"{self.path}: tensor '{name}': read {got} of {end - begin} bytes")
         return out
+
+
+def read_safetensors(path) -> Tuple[Dict[str, torch.Tensor], Dict[str, str]]:
+    """(tensors, metadata) of one safetensors file, every tensor read whole in its stored dtype, in file order.
+    Raises ValueError naming the file and tensor on a malformed file."""
+    f = SafetensorsFile(os.fspath(path))
+    return {name: f.read(name) for name in f.names()}, dict(f.metadata)
 
 
 class WeightStore:
@@ -330,8 +338,7 @@ class ShardedWriter:
             self.handle = None
 
 
-def write_safetensors(path: str, tensors: Dict[str, torch.Tensor], metadata: Optional[Dict[str, str]] = None
-                      ) -> None:
+def write_safetensors(path, tensors: Dict[str, torch.Tensor], metadata: Optional[Dict[str, str]] = None) -> None:
     """One file holding `tensors` in the dict's order (small files: tests, fixtures)."""
     entries = [(name, tuple(t.shape), t.dtype) for name, t in tensors.items()]
     with open(path, "wb") as f:

@@ -1,8 +1,8 @@
 """llama2.c files in plain PyTorch: the legacy checkpoint (.bin) reader and the SentencePiece-BPE tokenizer of
 llama2.c's tokenizer.bin format, plus the text helpers of the evaluation protocol.
 
-The model itself is scripts/lwq_llama.py (the exported TorchScript contract); this file maps llama2.c's arrays onto
-its parameter names. The checkpoint is read one tensor at a time (Checkpoint.read), so even a multi-gigabyte file
+The model itself is lwq.llama (the exported TorchScript contract); this file maps llama2.c's arrays onto its
+parameter names. The checkpoint is read one tensor at a time (Checkpoint.read), so even a multi-gigabyte file
 is never resident as a whole.
 
 Only torch and the standard library are needed; run with /usr/bin/python3 (Debian's python3-torch).
@@ -13,16 +13,11 @@ import math
 import os
 import re
 import struct
-import sys
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-# The model moved to lwq_llama; these names stay importable from here for existing callers.
-from lwq_llama import (BOS, EOS, LlamaConfig, LlamaModel, generate_greedy, length_batches,  # noqa: E402,F401
-                       pad_batch, rotary_tables, sequence_nll)
+from .llama import BOS, EOS, LlamaConfig, LlamaModel, rotary_tables
 
 BYTE_PIECE_OFFSET = 3  # ids 3..258 are the byte-fallback pieces <0x00>..<0xFF>
 NORM_EPS = 1e-5
@@ -44,7 +39,7 @@ class Checkpoint:
     freq_cis_real, freq_cis_imag[, wcls].
 
     Opening validates the header and that the file size is exactly what it implies (ValueError naming the file);
-    read(name) returns one tensor, under lwq_llama's parameter names."""
+    read(name) returns one tensor, under lwq.llama's parameter names."""
 
     def __init__(self, path: str):
         self.path = path
@@ -115,7 +110,7 @@ class Checkpoint:
         return self.locations[name][1]
 
     def read(self, name: str, start: int = 0, stop: Optional[int] = None) -> torch.Tensor:
-        """One fp32 tensor by lwq_llama parameter name (or freq_cis_real / freq_cis_imag), or its rows
+        """One fp32 tensor by lwq.llama parameter name (or freq_cis_real / freq_cis_imag), or its rows
         start..stop-1 (a part of a large matrix)."""
         shape = self.shape(name)
         offset = self.locations[name][0]
@@ -139,7 +134,7 @@ class Checkpoint:
 
 
 def read_checkpoint(path: str) -> Tuple[LlamaConfig, Dict[str, torch.Tensor]]:
-    """The config and every parameter of a (small) checkpoint, by lwq_llama parameter name."""
+    """The config and every parameter of a (small) checkpoint, by lwq.llama parameter name."""
     ckpt = Checkpoint(path)
     return ckpt.config, {name: ckpt.read(name) for name, _ in ckpt.config.parameter_shapes()}
 
@@ -289,11 +284,6 @@ class Tokenizer:
 
 # ----------------------------------------------------------------------------------------------------------------
 # Data
-
-
-def default_data_dir() -> str:
-    """<repo>/../shared/data, the repo being the parent of this script's directory."""
-    return os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data"))
 
 
 def read_segments(path: str, count: Optional[int] = None, last: bool = False) -> List[str]:
