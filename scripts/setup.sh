@@ -7,8 +7,8 @@ packages=(
   build-essential cmake git ccache
   libtorch-dev python3-torch      # LibTorch 1.13 (C++) and the system Python's torch (/usr/bin/python3)
   libopenblas0-openmp             # fast BLAS for libtorch: without it fp32 GEMM runs ~20x slower
-  nlohmann-json3-dev libfmt-dev
-  libgtest-dev libgmock-dev googletest
+  nlohmann-json3-dev
+  libgtest-dev googletest
   python3-pytest python3-numpy
 )
 

@@ -28,9 +28,7 @@ class TinyLlama : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
     dir_ = new std::string((fs::temp_directory_path() / ("lwq_eval_" + std::to_string(::getpid()))).string());
-    const std::string cmd = LWQ_PYTHON " " LWQ_SOURCE_DIR "/tests/python/fixtures/tiny_llama.py --seed 4 --out " +
-                            *dir_ + " > /dev/null 2>&1";
-    ok_ = std::system(cmd.c_str()) == 0;
+    ok_ = test::run_python_fixture("tiny_llama.py", 4, *dir_);
   }
   static void TearDownTestSuite() {
     std::error_code ec;
@@ -38,7 +36,6 @@ class TinyLlama : public ::testing::Test {
     delete dir_;
   }
   void SetUp() override {
-    // Not a skip: the fixture needs only what scripts/setup.sh installs.
     ASSERT_TRUE(ok_) << "tests/python/fixtures/tiny_llama.py did not run (" LWQ_PYTHON " with torch needed)";
     std::ifstream in(path("reference.json"));
     ref_ = nlohmann::json::parse(in);

@@ -24,9 +24,7 @@ class Surgery : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
     dir_ = new std::string((fs::temp_directory_path() / ("lwq_surgery_" + std::to_string(::getpid()))).string());
-    const std::string cmd = LWQ_PYTHON " " LWQ_SOURCE_DIR "/tests/python/fixtures/make_test_models.py --seed 5 "
-                            "--out " + *dir_ + " > /dev/null 2>&1";
-    ok_ = std::system(cmd.c_str()) == 0;
+    ok_ = test::run_python_fixture("make_test_models.py", 5, *dir_);
   }
   static void TearDownTestSuite() {
     std::error_code ec;
@@ -34,7 +32,6 @@ class Surgery : public ::testing::Test {
     delete dir_;
   }
   void SetUp() override {
-    // Not a skip: the fixture needs only what scripts/setup.sh installs.
     ASSERT_TRUE(ok_) << "tests/python/fixtures/make_test_models.py did not run (" LWQ_PYTHON " with torch needed)";
   }
   static std::string path(const std::string& name) { return *dir_ + "/" + name; }

@@ -28,5 +28,13 @@ inline std::string shared_data_dir() {
   return std::getenv("LWQ_NO_SHARED_DATA") ? "" : dir;
 }
 
+// Runs tests/python/fixtures/<script> --seed SEED --out DIR with CMake's LWQ_PYTHON (Debian's, with torch);
+// true when it succeeded. Not a reason to skip: the fixtures need only what scripts/setup.sh installs.
+inline bool run_python_fixture(const std::string& script, int seed, const std::string& dir) {
+  const std::string cmd = std::string(LWQ_PYTHON) + " " LWQ_SOURCE_DIR "/tests/python/fixtures/" + script +
+                          " --seed " + std::to_string(seed) + " --out " + dir + " > /dev/null 2>&1";
+  return std::system(cmd.c_str()) == 0;
+}
+
 }  // namespace test
 }  // namespace lwq
