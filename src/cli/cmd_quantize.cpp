@@ -35,7 +35,7 @@ struct Quantize {
   pipeline::QuantizeConfig config;
   std::vector<std::string> exclude;
   bool no_default_exclude = false;
-  std::string config_file;
+  std::vector<std::string> config_files;  // --config, in the order given
   CLI::App* app = nullptr;
   CLI::Option *algo = nullptr, *config_opt = nullptr, *dtype = nullptr, *group_size = nullptr, *sym = nullptr,
               *asym = nullptr;
@@ -91,7 +91,7 @@ void add_options(Quantize& q) {
                  "per-layer report (shape, dtype, group size, weight MSE, seconds) and totals")
       ->type_name("R.json");
   q.config_opt =
-      app.add_option("--config", q.config_file,
+      app.add_option("--config", q.config_files,
                      "per-layer rules (applied where it appears: later options override it):\n"
                      "{\"algorithm\", \"dtype\", \"group_size\", \"sym\", \"include\": [regex], \"exclude\": [regex],\n"
                      " \"layers\": [{\"match\": regex, \"dtype\", \"group_size\", \"sym\", \"algorithm\": \"rtn\"}]}\n"
@@ -185,18 +185,25 @@ void add_options(Quantize& q) {
       ->group("w8a8");
 }
 
-// Loads --config where it appeared: the file overrides what came before it, the options after it are given their
-// values again. Returns whether the file chose the algorithm.
-bool apply_config_file(Quantize& q) {
+// Loads each --config file where it appeared: a file overrides what came before it, and the options after it are
+// given their values again (an option seen after a file has its last value there). Returns whether a file chose
+// the algorithm.
+bool apply_config_files(Quantize& q) {
   pipeline::QuantizeConfig& c = q.config;
-  const std::string before = c.algorithm;
-  c.algorithm.clear();  // so that the file's algorithm, if any, can be told from none
-  pipeline::load_config_file(q.config_file, c);
-  const bool chosen = !c.algorithm.empty();
-  if (!chosen) c.algorithm = before;
   const std::vector<CLI::Option*>& order = q.app->parse_order();
-  const auto after = std::find(order.rbegin(), order.rend(), q.config_opt).base();
-  for (auto it = after; it != order.end(); ++it) (*it)->run_callback();
+  bool chosen = false;
+  size_t file = 0;
+  for (auto at = order.begin(); at != order.end(); ++at) {
+    if (*at != q.config_opt) continue;
+    const std::string before = c.algorithm;
+    c.algorithm.clear();  // so that the file's algorithm, if any, can be told from none
+    pipeline::load_config_file(q.config_files.at(file++), c);
+    chosen = chosen || !c.algorithm.empty();
+    if (c.algorithm.empty()) c.algorithm = before;
+    for (auto it = at + 1; it != order.end(); ++it) {
+      if (*it != q.config_opt) (*it)->run_callback();
+    }
+  }
   return chosen;
 }
 
@@ -225,14 +232,21 @@ void check_algorithm_options(const Quantize& q) {
 // given (on the command line or in the --config file) is refused.
 void apply_w8a8_spec(Quantize& q) {
   QuantSpec& spec = q.config.spec;
-  nlohmann::json file;
-  if (!q.config_file.empty()) file = nlohmann::json::parse(std::ifstream(q.config_file));
-  auto given = [&](bool on_command_line, const char* key) { return on_command_line || file.contains(key); };
-  // Names the file when the value in effect is the file's, else the option.
+  std::vector<nlohmann::json> files;
+  for (const std::string& path : q.config_files) files.push_back(nlohmann::json::parse(std::ifstream(path)));
+  // The file that sets `key` (to `value`, when given), or -1.
+  auto file_setting = [&](const char* key, const nlohmann::json* value = nullptr) {
+    for (size_t i = files.size(); i-- > 0;) {
+      if (files[i].contains(key) && (!value || files[i][key] == *value)) return static_cast<int64_t>(i);
+    }
+    return int64_t{-1};
+  };
+  auto given = [&](bool on_command_line, const char* key) { return on_command_line || file_setting(key) >= 0; };
+  // Names the file when the value in effect is a file's, else the option.
   auto conflict = [&](const char* key, const std::string& option, const nlohmann::json& value) {
+    const int64_t file = file_setting(key, &value);
     const std::string what =
-        file.contains(key) && file[key] == value ? "\"" + std::string(key) + "\": " + value.dump() + " in " + q.config_file
-                                                 : option;
+        file >= 0 ? "\"" + std::string(key) + "\": " + value.dump() + " in " + q.config_files[file] : option;
     throw UsageError("--algo w8a8 quantizes the weights as int8, one group per output channel, symmetric; " + what +
                      " conflicts (leave it out)");
   };
@@ -255,7 +269,7 @@ void apply_w8a8_spec(Quantize& q) {
 
 int run(Quantize& q) {
   pipeline::QuantizeConfig& config = q.config;
-  const bool file_algorithm = !q.config_file.empty() && apply_config_file(q);
+  const bool file_algorithm = apply_config_files(q);
   if (q.algo->count() == 0 && !file_algorithm)
     throw UsageError("--algo is required (" + join(algorithms(), ", ") + ")");
   check_algorithm_options(q);

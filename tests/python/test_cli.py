@@ -173,6 +173,23 @@ def test_version_and_equals_syntax(models, tmp_path):
     assert a.read_bytes() == b.read_bytes()
 
 
+def test_config_files_apply_where_they_appear(models, tmp_path):
+    """Each --config overrides the options before it; the options after it override the file."""
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text(json.dumps({"dtype": "int8", "sym": False}))
+    b.write_text(json.dumps({"group_size": 16}))
+    report = tmp_path / "r.json"
+
+    def spec(*options):
+        quantize(models, "scripted", tmp_path / "q.pt", "--report", report, *options)
+        return json.loads(report.read_text())["spec"]
+
+    assert spec("--dtype", "int3", "--config", a, "--config", b) == {"dtype": "int8", "group_size": 16, "sym": False}
+    assert spec("--config", a, "--dtype", "int3", "--config", b, "--group-size", "32") == \
+        {"dtype": "int3", "group_size": 32, "sym": False}
+    assert spec("--config", a, "--sym") == {"dtype": "int8", "group_size": 128, "sym": True}
+
+
 def test_inspect_json_gives_the_facts_of_the_text(models, tmp_path):
     out = tmp_path / "q.pt"
     quantize(models, "scripted", out, "--dtype", "int4", "--group-size", "32", "--asym")
