@@ -233,7 +233,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         config = json.load(f)
     seq_len = config["max_seq_len"]
     calib_seqlen = min(256, seq_len)
-    calib = ["--calib", m.calib_text, "--tokenizer", m.tokenizer, "--seqlen", str(calib_seqlen),
+    calib = ["--calib", m.calib_text, "--tokenizer", m.tokenizer, "--seq-len", str(calib_seqlen),
              "--nsamples", str(CALIB_WINDOWS)]
     decode_steps = min(256, seq_len)
 

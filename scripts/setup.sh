@@ -8,6 +8,7 @@ packages=(
   libtorch-dev python3-torch      # LibTorch 1.13 (C++) and the system Python's torch (/usr/bin/python3)
   libopenblas0-openmp             # fast BLAS for libtorch: without it fp32 GEMM runs ~20x slower
   nlohmann-json3-dev
+  libcli11-dev                    # the lwq tool's command line (CLI11, header-only)
   libgtest-dev googletest
   python3-pytest python3-numpy
 )

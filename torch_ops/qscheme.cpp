@@ -4,6 +4,8 @@
 
 #include <sstream>
 
+#include "kernels/woq_a8.h"
+
 namespace lwq {
 
 namespace {
@@ -57,6 +59,13 @@ const DtypeInfo& dtype_info(const std::string& name) {
 std::vector<std::string> dtype_names() {
   std::vector<std::string> out;
   for (const auto& d : kDtypes) out.emplace_back(d.name);
+  return out;
+}
+
+std::vector<std::string> int8_activation_dtype_names() {
+  std::vector<std::string> out;
+  for (const auto& d : kDtypes)
+    if (kernels::woq_a8_supported(d.codebook, d.bits)) out.emplace_back(d.name);
   return out;
 }
 

@@ -39,6 +39,8 @@ struct DtypeInfo {
 // Throws a c10::Error listing the valid names when `name` is unknown.
 const DtypeInfo& dtype_info(const std::string& name);
 std::vector<std::string> dtype_names();
+// The dtypes lwq::woq_linear_a8 takes (int8 activations, `lwq quantize --compute int8`): int8, int4, int4_fullrange.
+std::vector<std::string> int8_activation_dtype_names();
 
 // Checks a (dtype, sym) pair is meaningful: table types (nf4, fp4_e2m1) are symmetric only.
 void check_scheme(const DtypeInfo& info, bool sym);

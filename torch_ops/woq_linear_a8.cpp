@@ -3,6 +3,7 @@
 // error bound). Same flattening, act-order gather and padding as woq_linear; work is split over tiles of 8
 // output channels (and over rows when there are few tiles), which never changes an output's bits.
 #include <ATen/Parallel.h>
+#include <c10/util/StringUtil.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -17,7 +18,8 @@ at::Tensor woq_linear_a8(const at::Tensor& x, const PackedWeightPtr& w, const c1
   TORCH_CHECK(w, "woq_linear_a8: the packed weight is None");
   const kernels::WeightView v = w->view();
   TORCH_CHECK(w->supports_int8_activations(),
-              "woq_linear_a8: int8 activations are implemented for the dtypes int8, int4 and int4_fullrange "
+              "woq_linear_a8: int8 activations are implemented for the dtypes ",
+              c10::Join(", ", int8_activation_dtype_names()), " "
               "(sym or asym), got dtype ",
               w->dtype(), "; use woq_linear for this weight");
   const KernelInput in = kernel_input("woq_linear_a8", x, *w, bias);

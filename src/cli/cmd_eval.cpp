@@ -1,81 +1,34 @@
 // `lwq eval`: mean next-token NLL and perplexity of a model on the paragraphs of a text file.
-#include <ATen/Parallel.h>
 #include <nlohmann/json.hpp>
 
 #include <iostream>
+#include <memory>
 #include <string>
 
-#include "args.h"
-#include "lwq/text/load_model.h"
+#include "cli.h"
 #include "lwq/text/evaluate.h"
+#include "lwq/text/load_model.h"
 
 namespace lwq {
 namespace cli {
 
 namespace {
 
-const char* kUsage =
-    "usage: lwq eval --model M.pt [--weights W] --tokenizer TOK --text FILE [options]\n"
-    "\n"
+const char* kDescription =
     "Mean next-token negative log-likelihood (nats/token) and perplexity of the model on the blank-line separated\n"
-    "paragraphs of FILE, each encoded with BOS first and truncated to the sequence length (docs/evaluation.md).\n"
-    "\n"
-    "  --model M.pt       TorchScript model (float, or quantized by `lwq quantize`)\n"
-    "  --weights W        safetensors file or sharded directory filling the model's empty parameters\n"
-    "  --tokenizer TOK    llama2.c tokenizer.bin\n"
-    "  --text FILE        UTF-8 text, paragraphs separated by blank lines\n"
-    "  --segments N       only the first N paragraphs (default: all)\n"
-    "  --seq-len L        tokens per paragraph, BOS included (default: the model's maximum)\n"
-    "  --batch-tokens T   tokens per forward batch, padding included (default 2048)\n"
-    "  --threads N        intra-op threads (default: libtorch's default)\n"
-    "  --json             print one JSON object {\"nll\", \"ppl\", \"tokens\", \"segments\"} and nothing else\n";
+    "paragraphs of FILE, each encoded with BOS first and truncated to the sequence length (docs/evaluation.md).";
 
-}  // namespace
-
-int run_eval(Args args) {
-  lwq::text::EvalConfig config;
+struct Eval {
+  text::EvalConfig config;
   bool json = false;
-  int64_t threads = 0;
-  while (args.next()) {
-    const std::string& a = args.current();
-    if (is_help(a)) {
-      std::cout << kUsage;
-      return 0;
-    } else if (a == "--model") {
-      config.model_path = args.value();
-    } else if (a == "--weights") {
-      config.weights_path = args.value();
-    } else if (a == "--tokenizer") {
-      config.tokenizer_path = args.value();
-    } else if (a == "--text") {
-      config.text_path = args.value();
-    } else if (a == "--segments") {
-      config.segments = args.int_value();
-      if (config.segments < 1) throw UsageError("--segments must be at least 1");
-    } else if (a == "--seq-len") {
-      config.seq_len = args.int_value();
-      if (config.seq_len < 2) throw UsageError("--seq-len must be at least 2");
-    } else if (a == "--batch-tokens") {
-      config.batch_tokens = args.int_value();
-      if (config.batch_tokens < 1) throw UsageError("--batch-tokens must be at least 1");
-    } else if (a == "--threads") {
-      threads = args.int_value();
-      if (threads < 1) throw UsageError("--threads must be at least 1");
-    } else if (a == "--json") {
-      json = true;
-    } else {
-      throw UsageError("eval: unknown argument '" + a + "'");
-    }
-  }
-  if (config.model_path.empty()) throw UsageError("eval: --model is required");
-  if (config.tokenizer_path.empty()) throw UsageError("eval: --tokenizer is required");
-  if (config.text_path.empty()) throw UsageError("eval: --text is required");
-  if (threads > 0) at::set_num_threads(static_cast<int>(threads));
-  lwq::text::keep_freed_memory_in_heap();
+};
 
-  const lwq::text::TextEvalResult r = lwq::text::evaluate_text(config);
-  if (json) {
-    const nlohmann::ordered_json out = {{"nll", r.nll}, {"ppl", r.perplexity()}, {"tokens", r.tokens}, {"segments", r.segments}};
+int run(const Eval& e) {
+  lwq::text::keep_freed_memory_in_heap();
+  const text::TextEvalResult r = text::evaluate_text(e.config);
+  if (e.json) {
+    const nlohmann::ordered_json out = {
+        {"nll", r.nll}, {"ppl", r.perplexity()}, {"tokens", r.tokens}, {"segments", r.segments}};
     std::cout << out.dump() << std::endl;
   } else {
     std::cout << "mean NLL " << r.nll << " nats/token, perplexity " << r.perplexity() << " over " << r.tokens
@@ -83,6 +36,32 @@ int run_eval(Args args) {
               << r.truncated << " truncated; " << r.batches << " batches, " << r.seconds << " s)" << std::endl;
   }
   return 0;
+}
+
+}  // namespace
+
+Command add_eval(CLI::App& lwq) {
+  auto e = std::make_shared<Eval>();
+  text::EvalConfig& c = e->config;
+  CLI::App* app = add_command(lwq, "eval", "mean next-token NLL and perplexity of a model on a text file",
+                              "--model M.pt [--weights W] --tokenizer TOK --text FILE [options]", kDescription);
+  add_model_options(*app, c.model_path, c.weights_path, c.tokenizer_path);
+  app->add_option("--text", c.text_path, "UTF-8 text, paragraphs separated by blank lines")
+      ->type_name("FILE")
+      ->required();
+  app->add_option("--segments", c.segments, "only the first N paragraphs (default: all)")
+      ->type_name("N")
+      ->check(at_least<int64_t>(1));
+  app->add_option("--seq-len,--seqlen", c.seq_len, "tokens per paragraph, BOS included (default: the model's maximum)")
+      ->type_name("L")
+      ->check(at_least<int64_t>(2));
+  app->add_option("--batch-tokens", c.batch_tokens, "tokens per forward batch, padding included")
+      ->type_name("T")
+      ->check(at_least<int64_t>(1))
+      ->capture_default_str();
+  add_threads_option(*app);
+  add_json_flag(*app, e->json, "{\"nll\", \"ppl\", \"tokens\", \"segments\"}");
+  return {app, [e] { return run(*e); }};
 }
 
 }  // namespace cli

@@ -1,8 +1,9 @@
 // `lwq export`: write a quantized TorchScript archive's weights as a GPTQ checkpoint or a plain safetensors file.
 #include <iostream>
+#include <memory>
 #include <string>
 
-#include "args.h"
+#include "cli.h"
 #include "lwq/interop/checkpoint.h"
 
 namespace lwq {
@@ -10,71 +11,31 @@ namespace cli {
 
 namespace {
 
-const char* kUsage =
-    "usage: lwq export --format gptq|safetensors Q.pt OUT [options]\n"
-    "\n"
+const char* kDescription =
     "Writes the packed layers of the quantized TorchScript archive Q.pt (from `lwq quantize` or `lwq import`)\n"
-    "and all its other parameters and buffers as data, without TorchScript code (docs/interop.md):\n"
-    "\n"
-    "  --format gptq         OUT is a directory: model.safetensors in the GPTQ layout (int32 qweight/qzeros,\n"
-    "                        float16 scales, int32 g_idx per layer) and quantize_config.json, as AutoGPTQ,\n"
-    "                        optimum and vLLM read them; int8/int4/int3/int2 layers that share one group size\n"
-    "  --format safetensors  OUT is one .safetensors file: each packed weight's exact state plus JSON metadata\n"
-    "\n"
-    "gptq options:\n"
-    "  --checkpoint-format F gptq (default: v1, zero points stored minus one, what vLLM and AutoGPTQ read) or\n"
-    "                        gptq_v2 (zero points stored as they are; needed when a zero point is 0)\n"
-    "  --round-scales        accept rounding scales that float16 does not hold exactly (GPTQ stores float16\n"
-    "                        scales; without this option such scales are refused, so the export is exact)\n"
-    "  --quiet               no summary on stderr\n";
+    "and all its other parameters and buffers as data, without TorchScript code (docs/interop.md).";
 
-}  // namespace
+struct Export {
+  interop::ExportConfig config;
+  std::string format, zero_format = "gptq";
+  bool quiet = false;
+  CLI::Option* gptq_only[2] = {};
+};
 
-int run_export(Args args) {
-  lwq::interop::ExportConfig config;
-  bool format_given = false, quiet = false;
-  std::string positional[2];
-  int n_positional = 0;
-  while (args.next()) {
-    const std::string& a = args.current();
-    if (is_help(a)) {
-      std::cout << kUsage;
-      return 0;
-    } else if (a == "--format") {
-      const std::string f = args.value();
-      if (f != "gptq" && f != "safetensors") throw UsageError("export: --format must be gptq or safetensors, got '" + f + "'");
-      config.format = lwq::interop::parse_checkpoint_format(f);
-      format_given = true;
-    } else if (a == "--checkpoint-format") {
-      const std::string f = args.value();
-      if (f != "gptq" && f != "gptq_v2")
-        throw UsageError("export: --checkpoint-format must be gptq or gptq_v2, got '" + f + "'");
-      config.zero_format = lwq::interop::parse_gptq_zero_format(f);
-    } else if (a == "--round-scales") {
-      config.round_scales = true;
-    } else if (a == "--quiet") {
-      quiet = true;
-    } else if (!a.empty() && a[0] == '-') {
-      throw UsageError("export: unknown option '" + a + "'");
-    } else {
-      if (n_positional == 2) throw UsageError("export: expected Q.pt and OUT, got a third argument '" + a + "'");
-      positional[n_positional++] = a;
-    }
+int run(Export& e) {
+  interop::ExportConfig& config = e.config;
+  config.format = interop::parse_checkpoint_format(e.format);
+  config.zero_format = interop::parse_gptq_zero_format(e.zero_format);
+  for (const CLI::Option* opt : e.gptq_only) {
+    if (config.format != interop::CheckpointFormat::Gptq && opt->count())
+      throw UsageError(opt->get_name() + " applies to --format gptq only");
   }
-  if (!format_given) throw UsageError("export: --format is required (gptq or safetensors)");
-  if (n_positional != 2) throw UsageError("export: expected the quantized model Q.pt and the output OUT");
-  if (config.format != lwq::interop::CheckpointFormat::Gptq &&
-      (config.round_scales || config.zero_format != lwq::interop::GptqZeroFormat::V1))
-    throw UsageError("export: --round-scales and --checkpoint-format apply to --format gptq only");
-  config.model_path = positional[0];
-  config.out_path = positional[1];
-
-  const lwq::interop::ExportResult r = lwq::interop::export_checkpoint(config);
-  if (!quiet) {
+  const interop::ExportResult r = interop::export_checkpoint(config);
+  if (!e.quiet) {
     std::cerr << "wrote";
     for (const auto& f : r.files) std::cerr << " " << f;
     std::cerr << ": " << r.quantized_layers << " quantized layers, " << r.other_tensors << " other tensors";
-    if (config.format == lwq::interop::CheckpointFormat::Gptq) {
+    if (config.format == interop::CheckpointFormat::Gptq) {
       std::cerr << " (bits " << r.scheme.bits << ", group_size " << r.scheme.group_size << ", "
                 << (r.scheme.sym ? "sym" : "asym") << (r.scheme.desc_act ? ", desc_act" : "") << ")";
       if (r.rounding.inexact) {
@@ -85,6 +46,39 @@ int run_export(Args args) {
     std::cerr << std::endl;
   }
   return 0;
+}
+
+}  // namespace
+
+Command add_export(CLI::App& lwq) {
+  auto e = std::make_shared<Export>();
+  interop::ExportConfig& c = e->config;
+  CLI::App* app = add_command(lwq, "export", "write a quantized model as a GPTQ checkpoint or a plain safetensors file",
+                              "--format " + join(kCheckpointFormats, "|") + " Q.pt OUT [options]", kDescription);
+  add_format_option(*app, e->format,
+                    "gptq: OUT is a directory: model.safetensors in the GPTQ layout (int32 qweight/qzeros,\n"
+                    "float16 scales, int32 g_idx per layer) and quantize_config.json, as AutoGPTQ,\n"
+                    "optimum and vLLM read them; int8/int4/int3/int2 layers that share one group size.\n"
+                    "safetensors: OUT is one .safetensors file: each packed weight's exact state plus\n"
+                    "JSON metadata");
+  app->add_option("model,--model", c.model_path, "the quantized archive Q.pt")->type_name("Q.pt")->required();
+  app->add_option("out,--out", c.out_path, "the output directory (gptq) or file (safetensors)")
+      ->type_name("OUT")
+      ->required();
+  e->gptq_only[0] = app->add_option("--checkpoint-format", e->zero_format,
+                                    "gptq (v1, zero points stored minus one, what vLLM and AutoGPTQ read) or\n"
+                                    "gptq_v2 (zero points stored as they are; needed when a zero point is 0)")
+                        ->type_name("F")
+                        ->check(one_of({"gptq", "gptq_v2"}))
+                        ->capture_default_str()
+                        ->group("gptq");
+  e->gptq_only[1] = app->add_flag("--round-scales", c.round_scales,
+                                  "accept rounding scales that float16 does not hold exactly (GPTQ stores\n"
+                                  "float16 scales; without this option such scales are refused, so the export\n"
+                                  "is exact)")
+                        ->group("gptq");
+  app->add_flag("--quiet", e->quiet, "no summary on stderr");
+  return {app, [e] { return run(*e); }};
 }
 
 }  // namespace cli

@@ -1,96 +1,106 @@
-// `lwq generate`: text from a model, as llama2.c's run.c prints it; statistics on stderr.
-#include <ATen/Parallel.h>
+// `lwq generate`: text from a model, as llama2.c's run.c prints it; statistics on stderr (or all of it as JSON).
+#include <nlohmann/json.hpp>
 
 #include <chrono>
 #include <iostream>
+#include <memory>
+#include <sstream>
 #include <string>
 
-#include "args.h"
-#include "lwq/text/load_model.h"
+#include "cli.h"
 #include "lwq/text/generate.h"
+#include "lwq/text/load_model.h"
 
 namespace lwq {
 namespace cli {
 
 namespace {
 
-const char* kUsage =
-    "usage: lwq generate --model M.pt [--weights W] --tokenizer TOK [options]\n"
-    "\n"
+const char* kDescription =
     "Generates text with the model's key/value cache (init_cache / forward_cached) and prints it on stdout as\n"
-    "llama2.c's run.c does: the prompt, the continuation, a newline. Token rates go to stderr.\n"
-    "\n"
-    "  --model M.pt        TorchScript model (float, or quantized by `lwq quantize`)\n"
-    "  --weights W         safetensors file or sharded directory filling the model's empty parameters\n"
-    "  --tokenizer TOK     llama2.c tokenizer.bin\n"
-    "  --prompt P          text to continue (default: none, BOS alone)\n"
-    "  --steps N           positions to run, prompt included (default 256; 0 or more than the model's maximum:\n"
-    "                      the maximum)\n"
-    "  --temperature T     0 (default): greedy; else sample from softmax(logits / T)\n"
-    "  --top-p P           nucleus sampling mass (default 0.9; 1: the whole distribution)\n"
-    "  --seed S            sampling seed, nonzero (default: the time, reported on stderr)\n"
-    "  --no-stop-at-eos    continue after EOS, as run.c does (which stops only at BOS)\n"
-    "  --threads N         intra-op threads (default: libtorch's default)\n";
+    "llama2.c's run.c does: the prompt, the continuation, a newline. Token rates go to stderr.";
 
-}  // namespace
+struct Generate {
+  text::GenerateTextConfig config;
+  bool json = false;
+  CLI::Option *seed = nullptr, *top_p = nullptr;
+};
 
-int run_generate(Args args) {
-  lwq::text::GenerateTextConfig config;
-  bool seed_given = false;
-  int64_t threads = 0;
-  while (args.next()) {
-    const std::string& a = args.current();
-    if (is_help(a)) {
-      std::cout << kUsage;
-      return 0;
-    } else if (a == "--model") {
-      config.model_path = args.value();
-    } else if (a == "--weights") {
-      config.weights_path = args.value();
-    } else if (a == "--tokenizer") {
-      config.tokenizer_path = args.value();
-    } else if (a == "--prompt") {
-      config.prompt = args.value();
-    } else if (a == "--steps") {
-      config.generate.steps = args.int_value();
-      if (config.generate.steps < 0) throw UsageError("--steps must be >= 0");
-    } else if (a == "--temperature") {
-      config.generate.temperature = args.float_value();
-      if (!(config.generate.temperature >= 0)) throw UsageError("--temperature must be >= 0");
-    } else if (a == "--top-p") {
-      config.generate.top_p = args.float_value();
-      if (!(config.generate.top_p > 0 && config.generate.top_p <= 1)) throw UsageError("--top-p must be in (0, 1]");
-    } else if (a == "--seed") {
-      const int64_t seed = args.int_value();
-      if (seed <= 0) throw UsageError("--seed must be positive");
-      config.generate.seed = static_cast<uint64_t>(seed);
-      seed_given = true;
-    } else if (a == "--no-stop-at-eos") {
-      config.generate.stop_at_eos = false;
-    } else if (a == "--threads") {
-      threads = args.int_value();
-      if (threads < 1) throw UsageError("--threads must be at least 1");
-    } else {
-      throw UsageError("generate: unknown argument '" + a + "'");
+int run(Generate& g) {
+  text::GenerateConfig& c = g.config.generate;
+  if (c.temperature == 0) {
+    for (const CLI::Option* opt : {g.seed, g.top_p}) {
+      if (opt->count())
+        std::cerr << "lwq: warning: " << opt->get_name() << " applies to sampling (--temperature > 0); "
+                  << "at temperature 0 generation is greedy" << std::endl;
     }
   }
-  if (config.model_path.empty()) throw UsageError("generate: --model is required");
-  if (config.tokenizer_path.empty()) throw UsageError("generate: --tokenizer is required");
-  if (threads > 0) at::set_num_threads(static_cast<int>(threads));
   lwq::text::keep_freed_memory_in_heap();
-  if (!seed_given) {
+  if (!g.seed->count()) {
     const auto now = std::chrono::system_clock::now().time_since_epoch();
-    config.generate.seed = static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::seconds>(now).count());
+    c.seed = static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::seconds>(now).count());
   }
 
-  const lwq::text::GenerateResult r = lwq::text::generate_text(config, std::cout);
+  std::ostringstream text;
+  const text::GenerateResult r = text::generate_text(g.config, g.json ? text : std::cout);
+  if (g.json) {
+    std::string printed = text.str();
+    if (!printed.empty() && printed.back() == '\n') printed.pop_back();
+    nlohmann::ordered_json out = {{"text", printed},
+                                  {"tokens", r.tokens},
+                                  {"prompt_tokens", r.prompt_tokens},
+                                  {"generated", r.generated},
+                                  {"positions", r.positions},
+                                  {"stop", r.stop},
+                                  {"prefill_seconds", r.prefill_seconds},
+                                  {"decode_seconds", r.decode_seconds},
+                                  {"decode_forwards", r.decode_forwards},
+                                  {"decode_tokens_per_s", r.decode_tokens_per_s()}};
+    if (c.temperature > 0) out["seed"] = c.seed;
+    std::cout << out.dump() << std::endl;
+    return 0;
+  }
   std::cerr << "prompt: " << r.prompt_tokens << " tokens in " << r.prefill_seconds * 1e3 << " ms; generated "
             << r.generated << " tokens, stopped at " << r.stop << " after " << r.positions << " positions; decode "
             << r.decode_tokens_per_s() << " tokens/s (" << r.decode_forwards << " one-token forwards in "
             << r.decode_seconds << " s)";
-  if (config.generate.temperature > 0) std::cerr << "; seed " << config.generate.seed;
+  if (c.temperature > 0) std::cerr << "; seed " << c.seed;
   std::cerr << std::endl;
   return 0;
+}
+
+}  // namespace
+
+Command add_generate(CLI::App& lwq) {
+  auto g = std::make_shared<Generate>();
+  text::GenerateTextConfig& c = g->config;
+  CLI::App* app = add_command(lwq, "generate", "generate text with a model's key/value cache, as llama2.c's run.c",
+                              "--model M.pt [--weights W] --tokenizer TOK [options]", kDescription);
+  add_model_options(*app, c.model_path, c.weights_path, c.tokenizer_path);
+  app->add_option("--prompt", c.prompt, "text to continue (default: none, BOS alone)")->type_name("P");
+  app->add_option("--steps", c.generate.steps,
+                  "positions to run, prompt included (0 or more than the model's maximum: the maximum)")
+      ->type_name("N")
+      ->check(number<int64_t>([](int64_t n) { return n >= 0; }, "must be >= 0"))
+      ->capture_default_str();
+  app->add_option("--temperature", c.generate.temperature, "0: greedy; else sample from softmax(logits / T)")
+      ->type_name("T")
+      ->check(number<double>([](double t) { return t >= 0; }, "must be >= 0"))
+      ->capture_default_str();
+  g->top_p = app->add_option("--top-p", c.generate.top_p, "nucleus sampling mass (1: the whole distribution)")
+                 ->type_name("P")
+                 ->check(number<double>([](double p) { return p > 0 && p <= 1; }, "must be in (0, 1]"))
+                 ->capture_default_str();
+  g->seed = app->add_option("--seed", c.generate.seed, "sampling seed, nonzero (default: the time, reported on stderr)")
+                ->type_name("S")
+                ->check(number<int64_t>([](int64_t s) { return s > 0; }, "must be positive"));
+  app->add_flag_callback("--no-stop-at-eos", [&c] { c.generate.stop_at_eos = false; },
+                         "continue after EOS, as run.c does (which stops only at BOS)");
+  add_threads_option(*app);
+  add_json_flag(*app, g->json,
+                "{\"text\", \"tokens\", \"prompt_tokens\", \"generated\", \"positions\", \"stop\", \"prefill_seconds\",\n"
+                " \"decode_seconds\", \"decode_forwards\", \"decode_tokens_per_s\", \"seed\" (when sampling)}");
+  return {app, [g] { return run(*g); }};
 }
 
 }  // namespace cli

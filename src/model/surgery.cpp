@@ -3,6 +3,7 @@
 // then folded back onto the shared graph (see install_packed_weights).
 #include "lwq/model/surgery.h"
 
+#include <c10/util/StringUtil.h>
 #include <torch/csrc/jit/passes/dead_code_elimination.h>
 
 #include <deque>
@@ -217,7 +218,7 @@ void install_packed_linears(jit::Module& root, const std::vector<LinearLayer>& l
                 "' is W8A8; int8 activations apply to weight-only layers");
     TORCH_CHECK(!p.int8_activations || p.weight->supports_int8_activations(), "install_packed_weights: layer '",
                 layer.name, "' has dtype ", p.weight->dtype(),
-                "; int8 activations (lwq::woq_linear_a8) need int8, int4 or int4_fullrange");
+                "; int8 activations (lwq::woq_linear_a8) need one of ", c10::Join(", ", int8_activation_dtype_names()));
     CallPlan& plan = plans[{layer.module.type().get(), layer.weight_attr}];
     const c10::optional<std::string> w8a8 =
         p.activation ? c10::optional<std::string>(p.activation->dtype) : c10::nullopt;

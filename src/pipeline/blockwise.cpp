@@ -35,7 +35,8 @@ std::map<std::string, model::PackedLinear> quantize_blockwise(const QuantizeConf
   TORCH_CHECK(algorithms.count(config.algorithm), "quantize: unknown algorithm '", config.algorithm,
               "'; available: rtn, gptq, awq, teq, w8a8");
   if (config.algorithm == "w8a8") {
-    TORCH_CHECK(config.spec.dtype == "int8" && config.spec.group_size == -1 && config.spec.sym,
+    TORCH_CHECK(config.spec.dtype == kW8a8Spec.dtype && config.spec.group_size == kW8a8Spec.group_size &&
+                    config.spec.sym == kW8a8Spec.sym,
                 "quantize: w8a8 uses int8 symmetric per-channel weights: pass --dtype int8 --group-size -1 --sym");
   }
   const model::BlockList blocks = model::find_blocks(module, config.blocks);

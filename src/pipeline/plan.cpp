@@ -1,6 +1,10 @@
 #include "plan.h"
 
+#include <c10/util/StringUtil.h>
+
+#include <algorithm>
 #include <filesystem>
+#include <iterator>
 #include <regex>
 
 #include "lwq/io/output_path.h"
@@ -41,9 +45,9 @@ void check_config(const QuantizeConfig& config) {
               " is not a readable file");
   TORCH_CHECK(config.weights_path.empty() || fs::exists(config.weights_path), "quantize: weights ",
               config.weights_path, ": no such file or directory");
-  const std::set<std::string> algorithms = {"rtn", "gptq", "awq", "teq", "w8a8"};
-  TORCH_CHECK(algorithms.count(config.algorithm), "quantize: unknown algorithm '", config.algorithm,
-              "'; available: rtn, gptq, awq, teq, w8a8");
+  const std::vector<std::string> algorithms(std::begin(kAlgorithms), std::end(kAlgorithms));
+  TORCH_CHECK(std::count(algorithms.begin(), algorithms.end(), config.algorithm), "quantize: unknown algorithm '",
+              config.algorithm, "'; available: ", c10::Join(", ", algorithms));
   TORCH_CHECK(config.algorithm == "rtn" || !config.calib_tensors.empty() || !config.calib_text.empty(),
               "quantize: --algo ", config.algorithm,
               " needs calibration inputs: --calib-tensors FILE (safetensors holding input_ids [N, L]) or --calib "
@@ -75,12 +79,14 @@ void check_config(const QuantizeConfig& config) {
   if (config.compute == "int8") {
     TORCH_CHECK(config.algorithm != "w8a8", "quantize: --compute int8 applies to weight-only layers; W8A8 layers "
                 "already compute in int8 with static activation scales");
-    const std::set<std::string> a8_dtypes = {"int8", "int4", "int4_fullrange"};
-    TORCH_CHECK(a8_dtypes.count(config.spec.dtype), "quantize: --compute int8 needs dtype int8, int4 or "
-                "int4_fullrange, got ", config.spec.dtype);
+    const std::vector<std::string> a8_dtypes = int8_activation_dtype_names();
+    const std::string a8_list = c10::Join(", ", a8_dtypes);
+    auto a8 = [&](const std::string& dtype) { return std::count(a8_dtypes.begin(), a8_dtypes.end(), dtype) > 0; };
+    TORCH_CHECK(a8(config.spec.dtype), "quantize: --compute int8 needs one of the dtypes ", a8_list, ", got ",
+                config.spec.dtype);
     for (const LayerRule& rule : config.rules) {
-      TORCH_CHECK(!rule.dtype || a8_dtypes.count(*rule.dtype), "quantize: --compute int8 needs dtype int8, int4 or "
-                  "int4_fullrange, but the rule for layers matching '", rule.match, "' selects ", *rule.dtype);
+      TORCH_CHECK(!rule.dtype || a8(*rule.dtype), "quantize: --compute int8 needs one of the dtypes ", a8_list,
+                  ", but the rule for layers matching '", rule.match, "' selects ", *rule.dtype);
     }
   }
   TORCH_CHECK(config.spec.group_size == -1 || config.spec.group_size > 0,

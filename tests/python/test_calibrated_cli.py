@@ -149,10 +149,47 @@ def test_calibration_errors_are_named(models, calibrated, tmp_path):
     write_safetensors(tmp_path / "nan.safetensors", {"inputs": bad})
     fails(lwq(*base, "--algo", "gptq", "--calib-tensors", tmp_path / "nan.safetensors"), "nan.safetensors")
     calib = ["--calib-tensors", calibrated / "calib.safetensors"]
-    fails(lwq(*base, "--algo", "w8a8", *calib), "--dtype int8 --group-size -1")
+    fails(lwq(*base, "--algo", "w8a8", "--group-size", "32", *calib), "--group-size 32", "one group per output channel")
     fails(lwq(*base, "--algo", "gptq", "--blocks", "stack", *calib), "stack")
     fails(lwq(*base, "--algo", "gptq", "--nsamples", "1000", *calib), "1000")
     assert not (tmp_path / "q.pt").exists()
+
+
+def test_w8a8_implies_its_weight_scheme(models, calibrated, tmp_path):
+    """--algo w8a8 alone is --dtype int8 --group-size -1 --sym (the same bytes); another scheme is refused, whether
+    the command line or the --config file gives it."""
+    implied, explicit = tmp_path / "implied.pt", tmp_path / "explicit.pt"
+    quantize(models, calibrated, implied, "w8a8", "--report", tmp_path / "r.json")
+    quantize(models, calibrated, explicit, "w8a8", "--dtype", "int8", "--group-size", "-1", "--sym")
+    assert json.loads((tmp_path / "r.json").read_text())["spec"] == {"dtype": "int8", "group_size": -1, "sym": True}
+    assert implied.read_bytes() == explicit.read_bytes()
+    base = ["quantize", "--model", models / "scripted.pt", "--weights", models / "scripted.safetensors",
+            "--calib-tensors", calibrated / "calib.safetensors", "--out", tmp_path / "q.pt"]
+    fails(lwq(*base, "--algo", "w8a8", "--dtype", "int4"), "--algo w8a8", "--dtype int4")
+    fails(lwq(*base, "--algo", "w8a8", "--asym"), "--algo w8a8", "--asym")
+    config = tmp_path / "c.json"
+    config.write_text(json.dumps({"algorithm": "w8a8", "group_size": 64}))
+    fails(lwq(*base, "--config", config), "--algo w8a8", '"group_size": 64', str(config))
+    config.write_text(json.dumps({"algorithm": "w8a8"}))
+    r = lwq(*base, "--config", config, "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "q.pt").read_bytes() == explicit.read_bytes()
+
+
+def test_options_of_another_algorithm_are_refused(models, calibrated, tmp_path):
+    base = ["quantize", "--model", models / "scripted.pt", "--weights", models / "scripted.safetensors",
+            "--out", tmp_path / "q.pt"]
+    calib = ["--calib-tensors", calibrated / "calib.safetensors"]
+    fails(lwq(*base, "--algo", "rtn", "--act-order"), "--act-order applies to --algo gptq only", "rtn")
+    fails(lwq(*base, "--algo", "rtn", "--smoothquant", "0.5"), "--smoothquant applies to --algo w8a8 only")
+    fails(lwq(*base, "--algo", "awq", "--teq-steps", "5", *calib), "--teq-steps applies to --algo teq only", "awq")
+    fails(lwq(*base, "--algo", "gptq", "--observer", "kl", *calib), "--observer applies to --algo w8a8 only")
+    # The algorithm of the --config file counts, and a later --algo overrides it.
+    config = tmp_path / "c.json"
+    config.write_text(json.dumps({"algorithm": "gptq"}))
+    fails(lwq(*base, "--config", config, "--algo", "awq", "--act-order", *calib), "--act-order", "--algo awq")
+    r = lwq(*base, "--algo", "rtn", *calib, "--quiet")
+    assert r.returncode == 0 and "--calib-tensors is ignored" in r.stderr, r.stderr
 
 
 def kill_and_resume(base, out, kill_after):

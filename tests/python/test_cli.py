@@ -138,6 +138,62 @@ def test_help_of_every_command():
         assert result.returncode == 0 and "usage: lwq" in result.stdout, args
 
 
+def test_docs_cli_page_is_the_help():
+    """docs/cli.md holds the help of every command as the program prints it."""
+    page = (SOURCE_DIR / "docs" / "cli.md").read_text()
+    for command in ["", "quantize", "inspect", "export", "import", "eval", "generate"]:
+        heading = f"## lwq {command}".rstrip() + "\n\n```\n"
+        assert heading in page, heading
+        documented = page.split(heading, 1)[1].split("```", 1)[0]
+        result = lwq(*([command] if command else []), "--help")
+        assert result.returncode == 0
+        assert documented.strip() == result.stdout.strip(), f"docs/cli.md is out of date for `lwq {command}`"
+
+
+def test_version_and_equals_syntax(models, tmp_path):
+    result = lwq("--version")
+    assert result.returncode == 0 and result.stdout.startswith("lwq ") and result.stdout.split()[1][0].isdigit()
+    a, b = tmp_path / "a.pt", tmp_path / "b.pt"
+    quantize(models, "scripted", a, "--dtype", "int8", "--group-size", "-1", "--threads", "1")
+    quantize(models, "scripted", b, "--dtype=int8", "--group-size=-1", "--threads=1")
+    assert a.read_bytes() == b.read_bytes()
+
+
+def test_config_files_apply_where_they_appear(models, tmp_path):
+    """Each --config overrides the options before it; the options after it override the file."""
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text(json.dumps({"dtype": "int8", "sym": False}))
+    b.write_text(json.dumps({"group_size": 16}))
+    report = tmp_path / "r.json"
+
+    def spec(*options):
+        quantize(models, "scripted", tmp_path / "q.pt", "--report", report, *options)
+        return json.loads(report.read_text())["spec"]
+
+    assert spec("--dtype", "int3", "--config", a, "--config", b) == {"dtype": "int8", "group_size": 16, "sym": False}
+    assert spec("--config", a, "--dtype", "int3", "--config", b, "--group-size", "32") == \
+        {"dtype": "int3", "group_size": 32, "sym": False}
+    assert spec("--config", a, "--sym") == {"dtype": "int8", "group_size": 128, "sym": True}
+
+
+def test_inspect_json_gives_the_facts_of_the_text(models, tmp_path):
+    out = tmp_path / "q.pt"
+    quantize(models, "scripted", out, "--dtype", "int4", "--group-size", "32", "--asym")
+    text = lwq("inspect", out)
+    result = lwq("inspect", "--json", "--model", out)
+    assert result.returncode == 0, result.stderr
+    got = json.loads(result.stdout)
+    assert got["path"] == str(out)
+    assert len(got["modules"]) == int(text.stdout.split(": ", 1)[1].split()[0])
+    linears = {l["name"]: l for l in got["linears"]}
+    assert len(linears) == 10
+    down = linears["layers.2.down"]
+    assert down["quantized"] and down["dtype"] == "int4" and down["group_size"] == 32 and down["sym"] is False
+    assert f"packed {down['bytes']} bytes" in text.stdout
+    assert linears["lm_head"]["quantized"] is False and "group_size" not in linears["lm_head"]
+    assert f"totals: packed {got['totals']['packed_bytes']} bytes" in text.stdout
+
+
 # Error cases: a message naming the culprit, exit status 1, and never a half-written output.
 
 def test_missing_weights_file(models, tmp_path):
@@ -210,6 +266,20 @@ def test_unsupported_algorithm_and_bad_options(models, tmp_path):
     fails(lwq(*base, "--algo", "rtn", "--exclude", "("), "(")
     fails(lwq("inspect", tmp_path / "missing.pt"), "missing.pt")
     fails(lwq("frobnicate"), "frobnicate")
+
+
+def test_usage_mistakes_name_the_option(models, tmp_path):
+    base = ["quantize", "--model", models / "traced.pt", "--out", tmp_path / "q.pt", "--algo", "rtn"]
+    assert_fails(lwq(*base, "--grup-size", "32"), "unknown option '--grup-size'", "did you mean --group-size?")
+    assert_fails(lwq(*base, "--group-size=x"), "--group-size needs an integer, got 'x'")
+    assert_fails(lwq(*base, "--dtype"), "--dtype needs a value")
+    assert_fails(lwq(*base, "--sym", "--asym"), "--sym excludes --asym")
+    assert_fails(lwq(*base, "--exclude", "fc1", "--no-default-exclude"), "--exclude", "--no-default-exclude")
+    assert_fails(lwq(*base, "--threads", "0"), "lwq: error: quantize: --threads must be at least 1, got 0")
+    assert_fails(lwq(*base, "--dtype", "int5"), "int5", "int8, int4, int4_fullrange, int3, int2, nf4, fp4_e2m1")
+    assert_fails(lwq("quantiz"), "unknown command 'quantiz'", "did you mean quantize?")
+    assert_fails(lwq("inspect"), "--model is required")
+    assert not (tmp_path / "q.pt").exists()
 
 
 def test_compute_int8_installs_woq_linear_a8(models, tmp_path):

@@ -69,6 +69,26 @@ def test_generate_prints_what_run_c_prints(tiny, ref):
     assert re.search(r"prompt: \d+ tokens .* tokens/s", result.stderr), result.stderr
 
 
+def test_generate_json_gives_the_facts_of_the_text(tiny, ref):
+    g = ref["greedy"]
+    args = [*tiny_args(tiny), "--prompt", g["prompt"], "--steps", g["steps"], "--temperature", 0, "--no-stop-at-eos"]
+    text = ok(lwq("generate", *args))
+    result = ok(lwq("generate", *args, "--json"))
+    assert len(result.stdout.splitlines()) == 1 and result.stderr == ""
+    got = json.loads(result.stdout)
+    assert got["text"] + "\n" == text.stdout == g["printed"]
+    assert f"generated {got['generated']} tokens, stopped at {got['stop']} after {got['positions']} positions" \
+        in text.stderr
+    assert got["prompt_tokens"] >= 1 and len(got["tokens"]) >= got["generated"] > 0 and "seed" not in got
+    assert got["decode_tokens_per_s"] > 0 and got["decode_forwards"] > 0
+
+
+def test_seq_len_has_one_spelling_and_the_old_alias(tiny):
+    a = eval_json(*tiny_args(tiny), "--text", tiny / "text.txt", "--seq-len", 8)
+    b = eval_json(*tiny_args(tiny), "--text", tiny / "text.txt", "--seqlen", 8)
+    assert a == b
+
+
 def test_sampled_generation_is_reproducible_with_a_seed(tiny):
     args = [*tiny_args(tiny), "--steps", 30, "--temperature", 0.8, "--top-p", 0.95]
     a = ok(lwq("generate", *args, "--seed", 11))
@@ -97,6 +117,8 @@ def test_usage_and_input_errors(tiny, tmp_path):
     assert result.returncode == 1 and "--tokenizer is required" in result.stderr
     result = lwq("generate", *tiny_args(tiny), "--temperature", -1)
     assert result.returncode == 1 and "--temperature must be >= 0" in result.stderr
+    result = lwq("generate", *tiny_args(tiny), "--steps", 3, "--seed", 5)
+    assert result.returncode == 0 and "--seed applies to sampling" in result.stderr
     result = lwq("eval", *tiny_args(tiny, weights=False), "--text", tiny / "text.txt")
     assert result.returncode == 1 and "embed_tokens.weight" in result.stderr and "--weights" in result.stderr
     bad = tmp_path / "bad.bin"

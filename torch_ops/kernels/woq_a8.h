@@ -33,9 +33,8 @@ namespace kernels {
 constexpr int64_t kA8Block = 32;
 
 // True for the layouts the a8 kernels handle: integer codebook with 4 or 8 bits.
-inline bool woq_a8_supported(const WeightView& w) {
-  return w.codebook == Codebook::Int && (w.bits == 4 || w.bits == 8);
-}
+inline bool woq_a8_supported(Codebook codebook, int bits) { return codebook == Codebook::Int && (bits == 4 || bits == 8); }
+inline bool woq_a8_supported(const WeightView& w) { return woq_a8_supported(w.codebook, w.bits); }
 
 // Columns [k0, k1) of group g; seg_end marks the last block of a run of one group (the point where the kernel
 // adds scale * acc to y and restarts acc).

@@ -17,6 +17,12 @@
 namespace lwq {
 namespace pipeline {
 
+// The algorithms of QuantizeConfig::algorithm: rtn one linear at a time, the others calibrated block by block.
+constexpr const char* kAlgorithms[] = {"rtn", "gptq", "awq", "teq", "w8a8"};
+
+// The weights of --algo w8a8: int8, one group per output channel, symmetric (what lwq::w8a8_linear takes).
+inline const QuantSpec kW8a8Spec{"int8", -1, true};
+
 // Module names left in float by default, as Intel Neural Compressor does (the output head).
 constexpr const char* kDefaultExclude = R"((^|\.)(lm_head|output)$)";
 
