@@ -62,6 +62,17 @@ def load_into(module: torch.nn.Module, path) -> torch.nn.Module:
                              f"[{linear.out_features}, {linear.in_features}] in the model")
         bias = tensors.get(name + ".bias") if linear.bias is not None else None
         _set_submodule(module, name, QuantLinear(w, bias))
+    # load_state_dict copies into the existing tensors, and a copy into a meta (empty) tensor does nothing: those are
+    # replaced by the file's tensors instead.
+    owners = dict(module.named_modules())
+    for name, current in [*module.named_parameters(), *module.named_buffers()]:
+        if current.is_meta and name in tensors:
+            owner_name, _, attr = name.rpartition(".")
+            owner, value = owners[owner_name], tensors[name].to(current.dtype)
+            if attr in owner._parameters:
+                owner._parameters[attr] = torch.nn.Parameter(value, requires_grad=current.requires_grad)
+            else:
+                owner._buffers[attr] = value
     missing, unexpected = module.load_state_dict(tensors, strict=False)
     if missing:
         raise ValueError(f"{path} has no tensor for {', '.join(missing)}")
@@ -70,4 +81,7 @@ def load_into(module: torch.nn.Module, path) -> torch.nn.Module:
     unknown = [name for name in unexpected if name not in buffers]
     if unknown:
         raise ValueError(f"{path} has tensors the model does not have: {', '.join(unknown)}")
+    empty = [name for name, t in [*module.named_parameters(), *module.named_buffers()] if t.is_meta]
+    if empty:
+        raise ValueError(f"{path} has no tensor for {', '.join(empty)}, which the model holds empty (meta)")
     return module

@@ -54,8 +54,10 @@ void check_config(const QuantizeConfig& config) {
               "TEXT --tokenizer TOK");
   TORCH_CHECK(config.calib_tensors.empty() || config.calib_text.empty(),
               "quantize: give --calib-tensors or --calib, not both");
-  for (const std::string& file : {config.calib_tensors, config.calib_text, config.tokenizer_path}) {
-    TORCH_CHECK(file.empty() || fs::is_regular_file(file), "quantize: calibration file ", file,
+  for (const auto& file : std::vector<std::pair<const char*, std::string>>{
+           {"calibration file", config.calib_tensors}, {"calibration text", config.calib_text},
+           {"tokenizer", config.tokenizer_path}}) {
+    TORCH_CHECK(file.second.empty() || fs::is_regular_file(file.second), "quantize: ", file.first, " ", file.second,
                 " is not a readable file");
   }
   TORCH_CHECK(config.nsamples >= 0, "quantize: --nsamples must be >= 0, got ", config.nsamples);

@@ -224,11 +224,15 @@ TextEvalResult evaluate_text(const EvalConfig& config) {
   TORCH_CHECK(!segments.empty(), "eval: the text ", config.text_path, " has no paragraphs");
   torch::jit::Module model = load_model(config.model_path, config.weights_path);
   int64_t seq_len = config.seq_len;
+  const int64_t max_seq_len = model_max_seq_len(model, config.model_path);
   if (seq_len <= 0) {
-    seq_len = model_max_seq_len(model, config.model_path);
+    seq_len = max_seq_len;
     TORCH_CHECK(seq_len > 0, "eval: the model ", config.model_path, " does not say its maximum sequence length ",
                 "(no max_seq_len attribute, rope_cos buffer or config.json); give --seq-len");
   }
+  // Checked here: beyond it the model's forward fails inside TorchScript with a traceback.
+  TORCH_CHECK(max_seq_len <= 0 || seq_len <= max_seq_len, "eval: --seq-len ", seq_len, " is longer than the model ",
+              config.model_path, " can take (", max_seq_len, " positions)");
   TextEvalResult result;
   const std::vector<std::vector<int64_t>> sequences = eval_sequences(tokenizer, segments, seq_len, &result.truncated);
   static_cast<EvalResult&>(result) = evaluate_nll(model, sequences, config.batch_tokens);

@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from conftest import LWQ, OPS_LIB, fails, lwq
+from conftest import LWQ, OPS_LIB, SOURCE_DIR, fails, lwq
 from fixtures import generate
 from lwq.safetensors import read_safetensors, write_safetensors
 
@@ -203,6 +203,17 @@ def test_missing_weights_file(models, tmp_path):
     assert not (tmp_path / "q.pt").exists()
 
 
+def test_missing_tokenizer_and_calibration_text_are_named_as_such(models, tmp_path):
+    text = tmp_path / "calib.txt"
+    text.write_text("Once upon a time.\n")
+    base = ["quantize", "--model", models / "scripted.pt", "--weights", models / "scripted.safetensors", "--algo",
+            "gptq", "--out", tmp_path / "q.pt"]
+    fails(lwq(*base, "--calib", text, "--tokenizer", tmp_path / "tok.bin"),
+          f"tokenizer {tmp_path / 'tok.bin'} is not a readable file")
+    fails(lwq(*base, "--calib", tmp_path / "none.txt", "--tokenizer", text),
+          f"calibration text {tmp_path / 'none.txt'} is not a readable file")
+
+
 def test_meta_model_without_weights(models, tmp_path):
     fails(lwq("quantize", "--model", models / "scripted.pt", "--algo", "rtn", "--out", tmp_path / "q.pt"),
                  "layers.0.norm.weight", "--weights")
@@ -270,15 +281,15 @@ def test_unsupported_algorithm_and_bad_options(models, tmp_path):
 
 def test_usage_mistakes_name_the_option(models, tmp_path):
     base = ["quantize", "--model", models / "traced.pt", "--out", tmp_path / "q.pt", "--algo", "rtn"]
-    assert_fails(lwq(*base, "--grup-size", "32"), "unknown option '--grup-size'", "did you mean --group-size?")
-    assert_fails(lwq(*base, "--group-size=x"), "--group-size needs an integer, got 'x'")
-    assert_fails(lwq(*base, "--dtype"), "--dtype needs a value")
-    assert_fails(lwq(*base, "--sym", "--asym"), "--sym excludes --asym")
-    assert_fails(lwq(*base, "--exclude", "fc1", "--no-default-exclude"), "--exclude", "--no-default-exclude")
-    assert_fails(lwq(*base, "--threads", "0"), "lwq: error: quantize: --threads must be at least 1, got 0")
-    assert_fails(lwq(*base, "--dtype", "int5"), "int5", "int8, int4, int4_fullrange, int3, int2, nf4, fp4_e2m1")
-    assert_fails(lwq("quantiz"), "unknown command 'quantiz'", "did you mean quantize?")
-    assert_fails(lwq("inspect"), "--model is required")
+    fails(lwq(*base, "--grup-size", "32"), "unknown option '--grup-size'", "did you mean --group-size?")
+    fails(lwq(*base, "--group-size=x"), "--group-size needs an integer, got 'x'")
+    fails(lwq(*base, "--dtype"), "--dtype needs a value")
+    fails(lwq(*base, "--sym", "--asym"), "--sym excludes --asym")
+    fails(lwq(*base, "--exclude", "fc1", "--no-default-exclude"), "--exclude", "--no-default-exclude")
+    fails(lwq(*base, "--threads", "0"), "lwq: error: quantize: --threads must be at least 1, got 0")
+    fails(lwq(*base, "--dtype", "int5"), "int5", "int8, int4, int4_fullrange, int3, int2, nf4, fp4_e2m1")
+    fails(lwq("quantiz"), "unknown command 'quantiz'", "did you mean quantize?")
+    fails(lwq("inspect"), "--model is required")
     assert not (tmp_path / "q.pt").exists()
 
 

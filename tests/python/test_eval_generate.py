@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from conftest import GREEDY, LWQ, STORIES, TEXT, TOKENIZER, lwq, ok
+from conftest import GREEDY, LWQ, STORIES, TEXT, TOKENIZER, fails, lwq, ok
 from lwq import export as exporter
 
 TINY = pathlib.Path(__file__).resolve().parent / "fixtures" / "tiny_llama.py"
@@ -127,6 +127,11 @@ def test_usage_and_input_errors(tiny, tmp_path):
                  "--tokenizer", bad)
     assert result.returncode == 1 and str(bad) in result.stderr and "truncated" in result.stderr
     assert result.stdout == ""
+    # Longer than the model's positions: a message, not a TorchScript traceback.
+    max_len = json.loads((tiny / "config.json").read_text())["max_seq_len"]
+    fails(lwq("eval", *tiny_args(tiny), "--text", tiny / "text.txt", "--seq-len", max_len + 1),
+          f"--seq-len {max_len + 1} is longer than the model", f"({max_len} positions)")
+    eval_json(*tiny_args(tiny), "--text", tiny / "text.txt", "--seq-len", max_len)
 
 
 # ----------------------------------------------------------------------------------------------------------------

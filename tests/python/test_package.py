@@ -172,6 +172,13 @@ def test_safetensors_export_loads_without_torchscript(models, tmp_path):
     x = torch.load(models / "scripted_reference.pt")["x"]
     with torch.no_grad():
         torch.testing.assert_close(model(x), lwq.load(q)(x), rtol=1e-6, atol=1e-6)
+    # The same into a model whose tensors are on the meta device (no memory for its weights): nothing stays empty.
+    empty = mtm.BlockModel(mtm.SCRIPTED_DIM, mtm.SCRIPTED_HIDDEN, mtm.SCRIPTED_BLOCKS).to("meta").eval()
+    assert all(p.is_meta for p in empty.parameters())
+    lwq.load_into(empty, plain)
+    assert not [n for n, t in [*empty.named_parameters(), *empty.named_buffers()] if t.is_meta]
+    with torch.no_grad():
+        torch.testing.assert_close(empty(x), lwq.load(q)(x), rtol=1e-6, atol=1e-6)
     # A file whose shapes do not fit the model is refused, naming the layer.
     small = mtm.BlockModel(mtm.SCRIPTED_DIM, 64, mtm.SCRIPTED_BLOCKS)
     with pytest.raises(ValueError, match=r"layer 'layers.0.down' is \[48, 80\] in the file but \[48, 64\]"):
