@@ -104,8 +104,13 @@ def quantize_(module: torch.nn.Module, dtype: str = "int4", group_size: int = 12
               exclude: Iterable[str] = DEFAULT_EXCLUDE, fp16_scales: bool = False, compute: str = "fp32") -> List[str]:
     """Replaces every torch.nn.Linear of `module` (in place) by a QuantLinear, except those whose qualified name
     matches a regex of `exclude` (searched, as `lwq quantize --exclude` does). Returns the names replaced.
-    compute: "fp32" (exact) or "int8" (int8 activations, see QuantLinear)."""
+    compute: "fp32" (exact) or "int8" (int8 activations, see QuantLinear).
+    A TorchScript module is refused: its linears are not torch.nn.Linear objects (they would silently be skipped);
+    quantize the eager model, or the archive with `lwq quantize`."""
     _check_compute(compute, dtype)
+    if isinstance(module, torch.jit.ScriptModule):
+        raise TypeError("lwq.quantize_ works on eager torch.nn.Module models; this is a TorchScript "
+                        f"{type(module).__name__}: quantize the eager model, or the archive with `lwq quantize`")
     patterns = [re.compile(p) for p in exclude]
     names = [name for name, m in module.named_modules()
              if type(m) is torch.nn.Linear and name and not any(p.search(name) for p in patterns)]

@@ -122,6 +122,13 @@ def test_compute_int8_refuses_other_dtypes(models):
         lwq.quantize_(block_model(models), dtype="int4", compute="int4")
 
 
+def test_quantize_refuses_a_scriptmodule(models):
+    # Its linears are RecursiveScriptModules, not torch.nn.Linear: it used to return [] and change nothing.
+    scripted = torch.jit.script(block_model(models))
+    with pytest.raises(TypeError, match="TorchScript RecursiveScriptModule"):
+        lwq.quantize_(scripted, dtype="int4", group_size=32)
+
+
 def test_exclude_and_asym(models):
     model = block_model(models)
     names = lwq.quantize_(model, dtype="int4", group_size=16, sym=False, exclude=[r"\.down$"])
