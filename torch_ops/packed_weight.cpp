@@ -94,6 +94,11 @@ c10::intrusive_ptr<PackedWeight> PackedWeight::from_state(const State& s) {
   const auto& zeros = std::get<8>(s);
   const auto& g_idx = std::get<9>(s);
   TORCH_CHECK(n > 0 && k > 0, "PackedWeight state: out/in features must be positive, got ", n, "x", k);
+  // Before any value is read (the range and finiteness checks below).
+  check_storage(qweight, "PackedWeight state: qweight");
+  check_storage(scales, "PackedWeight state: scales");
+  if (zeros && zeros->defined()) check_storage(*zeros, "PackedWeight state: zeros");
+  if (g_idx && g_idx->defined()) check_storage(*g_idx, "PackedWeight state: g_idx");
   check_scheme(info, sym);
   const int64_t n_groups = group_count(group_size, k);
   TORCH_CHECK(sym == !(zeros && zeros->defined()), "PackedWeight state: sym=", sym, " but zeros are ",

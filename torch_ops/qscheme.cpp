@@ -80,6 +80,16 @@ void check_finite(const at::Tensor& t, const std::string& what) {
   TORCH_CHECK(t.isfinite().all().item<bool>(), what, " contains NaN or Inf");
 }
 
+void check_storage(const at::Tensor& t, const std::string& what) {
+  if (!t.defined() || t.is_meta() || !t.has_storage() || t.numel() == 0) return;
+  uint64_t last = static_cast<uint64_t>(t.storage_offset());
+  for (int64_t d = 0; d < t.dim(); ++d) last += static_cast<uint64_t>(t.size(d) - 1) * static_cast<uint64_t>(t.stride(d));
+  const uint64_t need = (last + 1) * t.element_size();
+  const uint64_t have = t.storage().data() ? t.storage().nbytes() : 0;
+  TORCH_CHECK(have >= need, what, " of shape ", t.sizes(), " needs ", need, " bytes but its storage holds ", have,
+              " (a truncated or edited archive?)");
+}
+
 int64_t effective_group_size(int64_t group_size, int64_t in_features) {
   TORCH_CHECK(group_size == -1 || group_size > 0, "group_size must be -1 (per output channel) or positive, got ",
               group_size);

@@ -48,6 +48,10 @@ void check_scheme(const DtypeInfo& info, bool sym);
 // Throws naming `what` when t holds NaN or Inf.
 void check_finite(const at::Tensor& t, const std::string& what);
 
+// Throws naming `what` when t's storage lacks bytes its shape and strides reach. A record cut short in an archive
+// loads as a tensor of the declared shape over a storage with no data: reading it crashed the process.
+void check_storage(const at::Tensor& t, const std::string& what);
+
 // Quantization parameters of the rows of w [R, C] (each row one group). clip: ratio in (0, 1] applied to the
 // range, either a scalar tensor or [R]. Returns scale fp32 [R] and, for asym, zero int32 [R] (else undefined).
 struct QParams {

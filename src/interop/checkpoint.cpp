@@ -42,14 +42,7 @@ std::string layer_prefix(const std::string& module_name, const std::string& weig
 
 torch::jit::Module load_archive(const std::string& path, const char* what) {
   TORCH_CHECK(fs::is_regular_file(path), what, ": model ", path, " is not a readable file");
-  try {
-    // No map_location: a CPU device would materialize every meta parameter as uninitialized memory.
-    torch::jit::Module m = torch::jit::load(path);
-    m.eval();
-    return m;
-  } catch (const c10::Error& e) {
-    TORCH_CHECK(false, what, ": cannot load the TorchScript model ", path, ": ", e.what_without_backtrace());
-  }
+  return io::load_module(path, std::string(what) + ": ");
 }
 
 // One packed linear of a quantized archive.

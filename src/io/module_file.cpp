@@ -5,6 +5,8 @@
 #include <fstream>
 #include <ostream>
 
+#include "ops.h"
+
 namespace lwq {
 namespace io {
 namespace {
@@ -46,7 +48,33 @@ class LatchingFileBuf : public std::filebuf {
   int errno_ = 0;
 };
 
+void check_tensor(const at::Tensor& t, const std::string& name, const std::string& path,
+                  const std::string& command) {
+  check_storage(t, command + "the TorchScript model " + path + " is damaged: tensor '" + name + "'");
+}
+
 }  // namespace
+
+torch::jit::Module load_module(const std::string& path, const std::string& command) {
+  torch::jit::Module module;
+  try {
+    // No map_location: a CPU device would materialize every meta parameter as uninitialized memory.
+    module = torch::jit::load(path);
+  } catch (const c10::Error& e) {
+    TORCH_CHECK(false, command, "cannot load the TorchScript model ", path, ": ", e.what_without_backtrace());
+  }
+  // Packed weights check their own tensors while the archive loads (PackedWeight::from_state).
+  for (const auto& item : module.named_modules()) {
+    const c10::ClassTypePtr type = item.value.type();
+    for (size_t i = 0; i < type->numAttributes(); ++i) {
+      const c10::IValue v = item.value._ivalue()->getSlot(i);
+      const std::string name = (item.name.empty() ? "" : item.name + ".") + type->getAttributeName(i);
+      if (v.isTensor()) check_tensor(v.toTensor(), name, path, command);
+    }
+  }
+  module.eval();
+  return module;
+}
 
 void save_module(const torch::jit::Module& module, const std::string& path,
                  const std::function<void(int64_t)>& on_written) {

@@ -5,6 +5,7 @@
 #include <iomanip>
 #include <map>
 
+#include "lwq/io/module_file.h"
 #include "lwq/model/surgery.h"
 
 namespace lwq {
@@ -23,12 +24,7 @@ PackedWeightPtr packed_of(const torch::jit::Module& m, const std::string& attr) 
 }  // namespace
 
 ModelSummary inspect_model(const std::string& path) {
-  torch::jit::Module module;
-  try {
-    module = torch::jit::load(path);
-  } catch (const c10::Error& e) {
-    TORCH_CHECK(false, "inspect: cannot load the TorchScript model ", path, ": ", e.what_without_backtrace());
-  }
+  const torch::jit::Module module = io::load_module(path, "inspect: ");
   ModelSummary s;
   s.path = path;
   const auto packed_type = c10::getCustomClassType<PackedWeightPtr>();

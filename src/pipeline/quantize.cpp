@@ -43,15 +43,7 @@ QuantizeResult quantize_model(const QuantizeConfig& config) {
   const at::NoGradGuard no_grad;
   check_config(config);
 
-  torch::jit::Module module;
-  try {
-    // No map_location: a CPU device would materialize every meta parameter as uninitialized memory.
-    module = torch::jit::load(config.model_path);
-  } catch (const c10::Error& e) {
-    TORCH_CHECK(false, "quantize: cannot load the TorchScript model ", config.model_path, ": ",
-                e.what_without_backtrace());
-  }
-  module.eval();
+  torch::jit::Module module = io::load_module(config.model_path, "quantize: ");
   TORCH_CHECK(!model::is_quantized(module), "quantize: the model ", config.model_path,
               " already holds packed weights; quantize the float model instead");
   const ParameterSource source(config);

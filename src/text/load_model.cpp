@@ -8,6 +8,7 @@
 #include <memory>
 
 #include "lwq/io/json.h"
+#include "lwq/io/module_file.h"
 #include "lwq/io/safetensors.h"
 #include "lwq/model/surgery.h"
 
@@ -30,14 +31,7 @@ torch::jit::Module load_model(const std::string& model_path, const std::string& 
   TORCH_CHECK(fs::is_regular_file(model_path), "model ", model_path, " is not a readable file");
   TORCH_CHECK(weights_path.empty() || fs::exists(weights_path), "weights ", weights_path,
               ": no such file or directory");
-  torch::jit::Module module;
-  try {
-    // No map_location: a CPU device would turn every meta parameter into uninitialized memory.
-    module = torch::jit::load(model_path);
-  } catch (const c10::Error& e) {
-    TORCH_CHECK(false, "cannot load the TorchScript model ", model_path, ": ", e.what_without_backtrace());
-  }
-  module.eval();
+  torch::jit::Module module = io::load_module(model_path, "");
   std::unique_ptr<io::WeightStore> store;
   if (!weights_path.empty()) store = std::make_unique<io::WeightStore>(weights_path);
   const at::NoGradGuard no_grad;

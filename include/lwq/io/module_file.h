@@ -13,6 +13,12 @@
 namespace lwq {
 namespace io {
 
+// Loads a TorchScript archive (meta parameters stay meta: no map_location) and checks that every tensor it holds
+// has the bytes its shape needs: parameters, buffers and tensor attributes (packed weights check theirs as they load).
+// A record cut to nothing in the zip loads without complaint and crashed the first kernel that read it (SIGSEGV).
+// Errors start with `command` (e.g. "quantize: ") and name the file and the tensor.
+torch::jit::Module load_module(const std::string& path, const std::string& command);
+
 // Saves `module` to `path` (created or truncated; normally atomic_write's temporary). The archive's inner folder is
 // "archive" whatever the file is called, so the same module gives the same bytes under any name. `on_written` is
 // called with the size of every chunk written (the layer-wise driver drops spilled pages as the archive grows).
