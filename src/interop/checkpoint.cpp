@@ -355,9 +355,6 @@ std::map<std::string, PlainLayerInfo> read_plain_metadata(const std::string& pat
   return out;
 }
 
-// A value the model archive cannot provide: a meta tensor, or an empty one standing for a missing parameter.
-bool is_empty_in_archive(const at::Tensor& t) { return t.is_meta() || (t.numel() == 0 && t.dim() > 0); }
-
 }  // namespace
 
 CheckpointFormat parse_checkpoint_format(const std::string& name) {
@@ -501,7 +498,7 @@ ImportResult import_checkpoint(const ImportConfig& config) {
       slot.set(take(slot.name).to(current.scalar_type()).set_requires_grad(current.requires_grad()));
       ++result.params_from_checkpoint;
     } else {
-      TORCH_CHECK(!is_empty_in_archive(current), "import: parameter '", slot.name, "' is empty (",
+      TORCH_CHECK(!model::is_empty_in_archive(current), "import: parameter '", slot.name, "' is empty (",
                   current.is_meta() ? "meta" : "0 elements", ") in the model ", config.model_path,
                   " and the checkpoint ", ckpt, " has no tensor of that name");
       ++result.params_from_model;

@@ -31,14 +31,8 @@ std::map<std::string, model::PackedLinear> quantize_blockwise(const QuantizeConf
                                                               const std::map<std::string, LayerPlan>& plans,
                                                               std::set<std::string>& filled, ResumeState& state,
                                                               io::PackedSpill* spill, QuantizeResult& result) {
-  const std::set<std::string> algorithms = {"gptq", "awq", "teq", "w8a8"};
-  TORCH_CHECK(algorithms.count(config.algorithm), "quantize: unknown algorithm '", config.algorithm,
-              "'; available: rtn, gptq, awq, teq, w8a8");
-  if (config.algorithm == "w8a8") {
-    TORCH_CHECK(config.spec.dtype == kW8a8Spec.dtype && config.spec.group_size == kW8a8Spec.group_size &&
-                    config.spec.sym == kW8a8Spec.sym,
-                "quantize: w8a8 uses int8 symmetric per-channel weights: pass --dtype int8 --group-size -1 --sym");
-  }
+  // check_config has refused any other algorithm, and a W8A8 spec other than kW8a8Spec.
+  TORCH_INTERNAL_ASSERT(config.algorithm != "rtn", "quantize_blockwise: rtn runs one linear at a time");
   const model::BlockList blocks = model::find_blocks(module, config.blocks);
   result.blocks = blocks.list;
   result.block_count = static_cast<int64_t>(blocks.blocks.size());

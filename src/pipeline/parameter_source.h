@@ -8,13 +8,11 @@
 #include <vector>
 
 #include "lwq/io/safetensors.h"
+#include "lwq/model/surgery.h"
 #include "lwq/pipeline/quantize.h"
 
 namespace lwq {
 namespace pipeline {
-
-// A value the archive cannot provide: a meta tensor, or an empty one standing for a missing parameter.
-inline bool is_empty_in_archive(const at::Tensor& t) { return t.is_meta() || (t.numel() == 0 && t.dim() > 0); }
 
 // The float value of a parameter: from the store when it has one (it wins over values in the archive: the user
 // asked for those weights), else from the archive when it holds real values.
@@ -35,7 +33,7 @@ class ParameterSource {
                   " in the weights ", config_.weights_path);
       return;
     }
-    TORCH_CHECK(!is_empty_in_archive(archive_value), "parameter '", name, "' is empty (",
+    TORCH_CHECK(!model::is_empty_in_archive(archive_value), "parameter '", name, "' is empty (",
                 archive_value.is_meta() ? "meta" : "0 elements", ") in the model ", config_.model_path, " and ",
                 store_ ? "the weights " + config_.weights_path + " have no tensor of that name"
                        : std::string("no weights file was given (--weights)"));

@@ -48,6 +48,11 @@ void check_config(const QuantizeConfig& config) {
   const std::vector<std::string> algorithms(std::begin(kAlgorithms), std::end(kAlgorithms));
   TORCH_CHECK(std::count(algorithms.begin(), algorithms.end(), config.algorithm), "quantize: unknown algorithm '",
               config.algorithm, "'; available: ", c10::Join(", ", algorithms));
+  if (config.algorithm == "w8a8") {
+    TORCH_CHECK(config.spec.dtype == kW8a8Spec.dtype && config.spec.group_size == kW8a8Spec.group_size &&
+                    config.spec.sym == kW8a8Spec.sym,
+                "quantize: w8a8 uses int8 symmetric per-channel weights: pass --dtype int8 --group-size -1 --sym");
+  }
   TORCH_CHECK(config.algorithm == "rtn" || !config.calib_tensors.empty() || !config.calib_text.empty(),
               "quantize: --algo ", config.algorithm,
               " needs calibration inputs: --calib-tensors FILE (safetensors holding input_ids [N, L]) or --calib "

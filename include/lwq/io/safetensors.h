@@ -78,8 +78,9 @@ class WeightStore {
 void write_safetensors(const std::string& path, const std::vector<std::pair<std::string, at::Tensor>>& tensors,
                        const std::map<std::string, std::string>& metadata = {});
 
-// Writes `path` atomically: fill(tmp_path) writes a temporary file next to it, which is fsync'ed and renamed over
-// `path` only when fill returns; on any error the temporary is removed and `path` is left untouched.
+// Writes `path` atomically: fill(tmp_path) writes a temporary file next to it (already created, empty, under a random
+// name), which is fsync'ed and renamed over `path` only when fill returns; on any error the temporary is removed and
+// `path` is left untouched.
 void atomic_write(const std::string& path, const std::function<void(const std::string& tmp_path)>& fill);
 
 }  // namespace io

@@ -40,6 +40,9 @@ struct LinearLayer {
 // The linear layers of `root`, in named_modules() order (the order of the module tree, blocks first to last).
 std::vector<LinearLayer> find_linear_layers(const torch::jit::Module& root);
 
+// A value an archive cannot provide: a meta tensor, or an empty one standing for a missing parameter.
+inline bool is_empty_in_archive(const at::Tensor& t) { return t.is_meta() || (t.numel() == 0 && t.dim() > 0); }
+
 // The submodule of `root` at a qualified name ("layers.3.attn"; "" is root itself).
 torch::jit::Module submodule(const torch::jit::Module& root, const std::string& name);
 
