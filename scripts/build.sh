@@ -8,5 +8,8 @@ build_dir="${LWQ_BUILD_DIR:-build}"
 targets=()
 for t in "$@"; do targets+=(--target "$t"); done
 
-cmake -S . -B "$build_dir" -DCMAKE_BUILD_TYPE=Release
+# Tests run on .venv's Python (Debian's torch plus the pinned references, scripts/setup.sh) when it exists.
+python_opt=()
+if [ -x .venv/bin/python ]; then python_opt=(-DLWQ_PYTHON="$(pwd)/.venv/bin/python"); fi
+cmake -S . -B "$build_dir" -DCMAKE_BUILD_TYPE=Release "${python_opt[@]}"
 cmake --build "$build_dir" -j"$(nproc)" "${targets[@]}"

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Installs every Debian package lwq needs to build, test and run. Safe to run again: it installs only what is
-# missing. Needs root (or sudo) on Debian bookworm.
+# Installs every Debian package lwq needs to build, test and run, and makes .venv with the pinned test references
+# (tests/requirements.txt). Safe to run again: it installs only what is missing. Needs root (or sudo) on Debian
+# bookworm.
 set -euo pipefail
+cd "$(dirname "$0")/.."
 
 packages=(
   build-essential cmake git ccache
@@ -10,7 +12,9 @@ packages=(
   nlohmann-json3-dev
   libcli11-dev                    # the lwq tool's command line (CLI11, header-only)
   libgtest-dev googletest
-  python3-pytest python3-numpy
+  python3-pytest python3-numpy python3-venv
+  libsentencepiece-dev            # SentencePiece tokenizer.model files
+  libpcre2-dev                    # the pre-tokenizer split patterns of tokenizer.json (Unicode classes, lookahead)
 )
 
 missing=()
@@ -39,3 +43,17 @@ for lib in libblas.so.3 liblapack.so.3; do
     echo "setup: $lib -> $target"
   fi
 done
+
+# The test references from PyPI (tests/requirements.txt, pinned) in the project's own virtual environment .venv,
+# which sees Debian's torch (--system-site-packages). Tests that need them skip with a message where they are absent.
+venv="$(pwd)/.venv"
+if [ ! -x "$venv/bin/python" ]; then
+  echo "setup: creating $venv"
+  /usr/bin/python3 -m venv --system-site-packages "$venv"
+fi
+stamp="$venv/.requirements"
+if ! cmp -s tests/requirements.txt "$stamp"; then
+  echo "setup: installing tests/requirements.txt into $venv"
+  "$venv/bin/python" -m pip install -q --disable-pip-version-check -r tests/requirements.txt
+  cp tests/requirements.txt "$stamp"
+fi
