@@ -24,11 +24,11 @@ std::vector<Args> text_calibration(const QuantizeConfig& config) {
   TORCH_CHECK(!config.tokenizer_path.empty(), "quantize: --calib ", config.calib_text,
               " needs --tokenizer (a llama2.c tokenizer.bin)");
   TORCH_CHECK(config.seqlen >= 2, "quantize: --seqlen must be at least 2, got ", config.seqlen);
-  const text::Tokenizer tokenizer = text::Tokenizer::load(config.tokenizer_path);
+  const std::unique_ptr<text::Tokenizer> tokenizer = text::load_tokenizer(config.tokenizer_path);
   const int64_t n = config.nsamples > 0 ? config.nsamples : 64;
   std::vector<int64_t> ids;
   for (const std::string& paragraph : text::read_segments(config.calib_text)) {
-    const std::vector<int64_t> t = tokenizer.encode(paragraph, /*bos=*/true, /*eos=*/false);
+    const std::vector<int64_t> t = tokenizer->encode(paragraph, /*bos=*/true, /*eos=*/false);
     ids.insert(ids.end(), t.begin(), t.end());
     if (static_cast<int64_t>(ids.size()) >= n * config.seqlen) break;
   }

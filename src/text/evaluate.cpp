@@ -219,7 +219,7 @@ TextEvalResult evaluate_text(const EvalConfig& config) {
   TORCH_CHECK(!config.model_path.empty(), "eval: no model given");
   TORCH_CHECK(!config.tokenizer_path.empty(), "eval: no tokenizer given");
   TORCH_CHECK(!config.text_path.empty(), "eval: no text file given");
-  const text::Tokenizer tokenizer = text::Tokenizer::load(config.tokenizer_path);
+  const std::unique_ptr<Tokenizer> tokenizer = load_tokenizer(config.tokenizer_path);
   const std::vector<std::string> segments = read_segments(config.text_path, config.segments);
   TORCH_CHECK(!segments.empty(), "eval: the text ", config.text_path, " has no paragraphs");
   torch::jit::Module model = load_model(config.model_path, config.weights_path);
@@ -234,7 +234,7 @@ TextEvalResult evaluate_text(const EvalConfig& config) {
   TORCH_CHECK(max_seq_len <= 0 || seq_len <= max_seq_len, "eval: --seq-len ", seq_len, " is longer than the model ",
               config.model_path, " can take (", max_seq_len, " positions)");
   TextEvalResult result;
-  const std::vector<std::vector<int64_t>> sequences = eval_sequences(tokenizer, segments, seq_len, &result.truncated);
+  const std::vector<std::vector<int64_t>> sequences = eval_sequences(*tokenizer, segments, seq_len, &result.truncated);
   static_cast<EvalResult&>(result) = evaluate_nll(model, sequences, config.batch_tokens);
   result.segments = static_cast<int64_t>(segments.size());
   result.seq_len = seq_len;

@@ -6,6 +6,7 @@
 #include <cmath>
 #include <numeric>
 
+#include "lwq/text/llama2c_tokenizer.h"
 #include "lwq/text/load_model.h"
 
 namespace lwq {
@@ -146,7 +147,7 @@ GenerateResult generate(torch::jit::Module& model, const std::vector<int64_t>& p
   // Prompt tokens are forced at positions 0 .. min(n - 1, steps) - 1.
   const int64_t forced = std::min(n - 1, steps);
   for (int64_t i = 1; i <= forced; ++i) {
-    if (prompt[i] == text::Tokenizer::kBos) {
+    if (prompt[i] == config.special.bos) {
       result.stop = "bos";
       return result;
     }
@@ -161,8 +162,9 @@ GenerateResult generate(torch::jit::Module& model, const std::vector<int64_t>& p
   std::vector<float> row = row_of(logits, k - 1);
   while (true) {
     const int64_t next = sampler.next(row);
-    if (next == text::Tokenizer::kBos || (config.stop_at_eos && next == text::Tokenizer::kEos)) {
-      result.stop = next == text::Tokenizer::kBos ? "bos" : "eos";
+    const bool eos = std::find(config.special.eos.begin(), config.special.eos.end(), next) != config.special.eos.end();
+    if (next == config.special.bos || (config.stop_at_eos && eos)) {
+      result.stop = next == config.special.bos ? "bos" : "eos";
       break;
     }
     emit(prev, next);
@@ -187,16 +189,23 @@ GenerateResult generate(torch::jit::Module& model, const std::vector<int64_t>& p
 GenerateResult generate_text(const GenerateTextConfig& config, std::ostream& out) {
   TORCH_CHECK(!config.model_path.empty(), "generate: no model given");
   TORCH_CHECK(!config.tokenizer_path.empty(), "generate: no tokenizer given");
-  const text::Tokenizer tokenizer = text::Tokenizer::load(config.tokenizer_path);
+  const std::unique_ptr<Tokenizer> tokenizer = load_tokenizer(config.tokenizer_path);
   torch::jit::Module model = load_model(config.model_path, config.weights_path);
-  const std::vector<int64_t> prompt = tokenizer.encode(config.prompt, /*bos=*/true, /*eos=*/false);
+  const std::vector<int64_t> prompt = tokenizer->encode(config.prompt, /*bos=*/true, /*eos=*/false);
+  TORCH_CHECK(!prompt.empty(), "generate: the prompt is empty and the tokenizer has no BOS to start from");
+  GenerateConfig generate_config = config.generate;
+  generate_config.special = tokenizer->special();
+  // llama2.c's tokenizer prints what run.c prints (piece by piece through safe_printf, which drops lone bytes);
+  // every other format streams complete UTF-8 text.
+  const auto* run_c = dynamic_cast<const Llama2cTokenizer*>(tokenizer.get());
+  StreamDecoder stream(*tokenizer, {prompt.front()});
   const GenerateResult result =
-      generate(model, prompt, model_max_seq_len(model, config.model_path), config.generate,
+      generate(model, prompt, model_max_seq_len(model, config.model_path), generate_config,
                [&](int64_t prev, int64_t token) {
-                 out << text::Tokenizer::printable(tokenizer.decode_piece(prev, token));
+                 out << (run_c ? Llama2cTokenizer::printable(run_c->decode_piece(prev, token)) : stream.push(token));
                  out.flush();
                });
-  out << "\n";
+  out << (run_c ? "" : stream.finish()) << "\n";
   out.flush();
   return result;
 }

@@ -11,6 +11,7 @@
 
 #include "lwq/io/safetensors.h"
 #include "lwq/text/evaluate.h"
+#include "lwq/text/llama2c_tokenizer.h"
 #include "lwq/text/generate.h"
 #include "lwq/text/load_model.h"
 #include "test_util.h"
@@ -22,7 +23,8 @@ namespace fs = std::filesystem;
 using text::GenerateConfig;
 using text::Sampler;
 using test::expect_error;
-using text::Tokenizer;
+using text::Llama2cTokenizer;
+using Tokenizer = text::Llama2cTokenizer;
 
 class TinyLlama : public ::testing::Test {
  protected:

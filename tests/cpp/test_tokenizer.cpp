@@ -12,7 +12,7 @@
 #include <random>
 
 #include "lwq/text/evaluate.h"
-#include "lwq/text/tokenizer.h"
+#include "lwq/text/llama2c_tokenizer.h"
 #include "test_util.h"
 
 namespace lwq {
@@ -20,7 +20,8 @@ namespace {
 
 namespace fs = std::filesystem;
 using test::expect_error;
-using text::Tokenizer;
+using text::Llama2cTokenizer;
+using Tokenizer = text::Llama2cTokenizer;
 
 struct Piece {
   std::string text;
@@ -316,6 +317,39 @@ TEST_F(RealTokenizer, DecodesTheReferenceGreedyTokensToTheReferenceText) {
   }
   EXPECT_EQ(printed + "\n\n", expected);
   EXPECT_EQ(t.decode(greedy) + "\n\n", expected);  // ASCII text: the plain decode is the same
+  text::StreamDecoder stream(t, {Tokenizer::kBos});
+  std::string streamed;
+  for (const int64_t id : greedy) streamed += stream.push(id);
+  EXPECT_EQ(streamed + stream.finish() + "\n\n", expected);
+}
+
+// Streaming holds a character split over byte-fallback pieces until its last byte, and gives the same text as
+// decoding everything at once.
+TEST_F(TokenizerTest, StreamDecoderWaitsForWholeCharacters) {
+  const Tokenizer t = small();
+  const std::string s = "hello \xC3\xA9t\xE6\x97\xA5 he\xFF!";
+  const std::vector<int64_t> ids = t.encode(s, true, false);
+  text::StreamDecoder stream(t, {ids.front()});
+  std::string streamed;
+  for (size_t i = 1; i < ids.size(); ++i) {
+    const std::string piece = stream.push(ids[i]);
+    if (ids[i] == 3 + 0xC3 || ids[i] == 3 + 0xE6 || ids[i] == 3 + 0x97) {
+      EXPECT_EQ(piece, "") << "id " << ids[i];
+    }
+    streamed += piece;
+  }
+  streamed += stream.finish();
+  EXPECT_EQ(streamed, s);
+  EXPECT_EQ(streamed, t.decode(ids));
+}
+
+// A lead byte that never gets its continuation is given at the end, not lost.
+TEST_F(TokenizerTest, StreamDecoderFinishGivesAnIncompleteTail) {
+  const Tokenizer t = small();
+  text::StreamDecoder stream(t, {Tokenizer::kBos});
+  EXPECT_EQ(stream.push(id_of(t, " hello")), "hello");
+  EXPECT_EQ(stream.push(3 + 0xE6), "");
+  EXPECT_EQ(stream.finish(), "\xE6");
 }
 
 }  // namespace

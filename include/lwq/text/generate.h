@@ -38,6 +38,7 @@ struct GenerateConfig {
   double top_p = 0.9;        // nucleus sampling when 0 < top_p < 1, else sampling from the whole distribution
   uint64_t seed = 1;         // nonzero
   bool stop_at_eos = true;
+  SpecialTokens special{1, {2}, true};  // BOS ends generation (as in run.c), any EOS id too when stop_at_eos
 };
 
 struct GenerateResult {
@@ -64,8 +65,9 @@ struct GenerateTextConfig {
   GenerateConfig generate;
 };
 
-// The whole `lwq generate`: loads, encodes the prompt with BOS, and writes what run.c prints to `out` (each piece
-// through Tokenizer::printable, flushed as it comes, then a newline).
+// The whole `lwq generate`: loads, encodes the prompt with BOS (where the tokenizer uses one), and streams the text
+// of the emitted tokens to `out` as it becomes final (StreamDecoder; with llama2.c's tokenizer, what run.c prints),
+// flushed as it comes, then a newline.
 GenerateResult generate_text(const GenerateTextConfig& config, std::ostream& out);
 
 }  // namespace text

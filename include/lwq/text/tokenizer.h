@@ -1,65 +1,71 @@
-// The tokenizer of llama2.c's tokenizer.bin format (tok512.bin for stories260K, tokenizer.bin for Llama 2):
-// int32 max_token_length, then for each piece float32 score, int32 byte length, the bytes (all little-endian).
-// Ids 0, 1, 2 are <unk>, BOS, EOS; ids 3..258 are the byte-fallback pieces <0x00>..<0xFF>.
-//
-// Encoding is SentencePiece BPE as llama2.c's run.c does it: a dummy-prefix space before non-empty text, one piece
-// per UTF-8 character (or its bytes as byte-fallback ids when the character is not a piece), then repeatedly merge
-// the adjacent pair whose concatenation is a piece with the highest score (the leftmost pair on ties).
-// scripts/llama2c.py's Tokenizer is the Python reference; both give the same ids.
+// What the tool needs of a tokenizer, whatever the file it came from: ids of plain text, text of ids, and the
+// special ids a model's text starts and ends with. load_tokenizer reads every format lwq knows:
+//   - llama2.c's tokenizer.bin (llama2c_tokenizer.h),
+//   - a SentencePiece tokenizer.model,
+//   - a Hugging Face tokenizer.json (SentencePiece-style BPE with byte fallback, or byte-level BPE),
+//   - a model directory holding one of them, whose tokenizer_config.json / generation_config.json (or the
+//     directory beside a file given directly) set BOS, the EOS ids and add_bos_token.
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <string>
-#include <unordered_map>
 #include <vector>
 
 namespace lwq {
 namespace text {
 
+// The ids around a model's text. bos < 0: the model has no BOS (Qwen2); eos may hold several ids (Llama-3's
+// <|end_of_text|> and <|eot_id|>): generation stops at any of them.
+struct SpecialTokens {
+  int64_t bos = -1;
+  std::vector<int64_t> eos;
+  bool add_bos = true;  // tokenizer_config.json's add_bos_token: whether encoded text starts with BOS
+};
+
 class Tokenizer {
  public:
-  static constexpr int64_t kBos = 1, kEos = 2;
-  static constexpr int64_t kByteOffset = 3;  // id of the piece <0x00>
+  virtual ~Tokenizer() = default;
 
-  // Reads and validates a tokenizer.bin; throws c10::Error naming the file (and the piece) when it is truncated,
-  // has a negative or oversized length, a NaN score, or lacks the byte-fallback pieces at ids 3..258.
-  static Tokenizer load(const std::string& path);
-  // From pieces and scores in memory (the same checks; `what` names the source in errors).
-  static Tokenizer from_pieces(std::vector<std::string> pieces, std::vector<float> scores,
-                               const std::string& what = "tokenizer");
+  // Ids of `text` as plain text: the spelling of a special token in it is text, not the special id (user input
+  // cannot inject control tokens). Arbitrary bytes are accepted; invalid UTF-8 is encoded as the format does it.
+  virtual std::vector<int64_t> encode_text(const std::string& text) const = 0;
+  // The text of `ids`, special ids (BOS, EOS, control tokens) skipped; throws naming an id outside the vocabulary.
+  virtual std::string decode(const std::vector<int64_t>& ids) const = 0;
+  virtual int64_t vocab_size() const = 0;
+  // What was read, for `lwq inspect` and messages, e.g. "tokenizer.json (byte-level BPE, 50257 tokens) /path".
+  virtual std::string describe() const = 0;
 
-  // Ids of `text` (arbitrary bytes; invalid UTF-8 bytes fall back to byte pieces), with BOS/EOS when asked.
+  // encode_text with BOS first when `bos` is asked and the model uses one (special().add_bos), EOS last when `eos`
+  // is asked and the model has one.
   std::vector<int64_t> encode(const std::string& text, bool bos, bool eos) const;
 
-  // The text of `ids` following a BOS: BOS and EOS are skipped, the leading space of a piece right after BOS is
-  // dropped, byte pieces become their raw bytes (so byte-fallback sequences reassemble into UTF-8).
-  std::string decode(const std::vector<int64_t>& ids) const;
+  const SpecialTokens& special() const { return special_; }
+  void set_special(SpecialTokens s) { special_ = std::move(s); }
+  bool is_eos(int64_t id) const;
 
-  // The bytes llama2.c's decode() gives for `token` following `prev`: the piece, without its leading space when
-  // prev is BOS, or the single raw byte of a <0xNN> piece.
-  std::string decode_piece(int64_t prev, int64_t token) const;
+ protected:
+  SpecialTokens special_;
+};
 
-  // What run.c's safe_printf prints of a decoded piece: nothing for a single byte that is neither printable ASCII
-  // nor whitespace (control codes, lone UTF-8 bytes), else the piece up to any NUL byte.
-  static std::string printable(const std::string& piece);
+// Reads the tokenizer at `path` (a file of any format above, or a model directory); throws c10::Error naming the
+// file and what is wrong, or, for a directory without a tokenizer, the names looked for.
+std::unique_ptr<Tokenizer> load_tokenizer(const std::string& path);
 
-  int64_t vocab_size() const { return static_cast<int64_t>(pieces_.size()); }
-  const std::string& piece(int64_t id) const;
-  float score(int64_t id) const;
-  int32_t max_token_length() const { return max_token_length_; }
-  // The id of a piece, or -1 (the first id when the vocabulary repeats a piece, as the Python reference does).
-  int64_t piece_id(const std::string& piece) const;
+// Text of generated ids as it becomes final, for streaming: push() returns the new text once the ids decode to
+// complete UTF-8 (a character split over byte-fallback or byte-level tokens waits for its last byte); finish()
+// returns what is left. `context` (e.g. the prompt) is decoded for the spacing of the first piece, not returned.
+class StreamDecoder {
+ public:
+  StreamDecoder(const Tokenizer& tokenizer, std::vector<int64_t> context);
+  std::string push(int64_t id);
+  std::string finish();
 
  private:
-  Tokenizer() = default;
-  void index(const std::string& what);
-  std::vector<int64_t> merge(std::vector<int64_t> ids) const;
-
-  std::vector<std::string> pieces_;
-  std::vector<float> scores_;
-  std::vector<int16_t> byte_value_;  // the byte a <0xNN> piece stands for, or -1
-  std::unordered_map<std::string, int64_t> ids_;
-  int32_t max_token_length_ = 0;
+  const Tokenizer& tokenizer_;
+  std::vector<int64_t> ids_;
+  size_t prefix_ = 0;  // ids_[prefix_, read_) were printed; decoding from prefix_ fixes the spacing of what follows
+  size_t read_ = 0;
 };
 
 }  // namespace text
