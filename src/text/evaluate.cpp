@@ -117,15 +117,19 @@ std::vector<std::vector<size_t>> length_batches(const std::vector<std::vector<in
 }
 
 EvalResult evaluate_nll(torch::jit::Module& model, const std::vector<std::vector<int64_t>>& sequences,
-                        int64_t max_tokens_per_batch) {
+                        int64_t max_tokens_per_batch, int64_t score_from, const EvalProgress& progress) {
+  TORCH_CHECK(score_from >= 1, "the first scored token must be at index 1 or later, got ", score_from);
   const auto start = std::chrono::steady_clock::now();
   const at::NoGradGuard no_grad;
   EvalResult result;
   result.sequences = static_cast<int64_t>(sequences.size());
-  for (const auto& indices : length_batches(sequences, max_tokens_per_batch)) {
+  const auto batches = length_batches(sequences, max_tokens_per_batch);
+  int64_t done = 0;
+  for (const auto& indices : batches) {
     const int64_t B = static_cast<int64_t>(indices.size());
     const int64_t T = static_cast<int64_t>(sequences[indices.back()].size());
-    if (T < 2) continue;
+    if (progress) progress(done++, static_cast<int64_t>(batches.size()));
+    if (T <= score_from) continue;
     // Right padding with id 0: it only follows the real tokens, which causal attention keeps from seeing it.
     at::Tensor tokens = at::zeros({B, T}, at::kLong);
     int64_t* tok = tokens.data_ptr<int64_t>();
@@ -140,16 +144,18 @@ EvalResult evaluate_nll(torch::jit::Module& model, const std::vector<std::vector
                 lowest < 0 ? lowest : highest);
     ++result.batches;
     for (int64_t r = 0; r < B; ++r) {
+      // logits[t] predicts ids[t + 1]: rows score_from - 1 .. length - 2.
       const int64_t predicted = static_cast<int64_t>(sequences[indices[r]].size()) - 1;
-      for (int64_t t0 = 0; t0 < predicted; t0 += kLossChunk) {
+      for (int64_t t0 = score_from - 1; t0 < predicted; t0 += kLossChunk) {
         const int64_t t1 = std::min(predicted, t0 + kLossChunk);
         const at::Tensor lp = at::log_softmax(logits[r].slice(0, t0, t1).to(at::kDouble), -1);
         const at::Tensor target = tokens[r].slice(0, t0 + 1, t1 + 1).unsqueeze(1);
         result.total_nll -= lp.gather(1, target).sum().item<double>();
       }
-      result.tokens += std::max<int64_t>(predicted, 0);
+      result.tokens += std::max<int64_t>(predicted - (score_from - 1), 0);
     }
   }
+  if (progress) progress(done, static_cast<int64_t>(batches.size()));
   result.nll = result.tokens > 0 ? result.total_nll / static_cast<double>(result.tokens) : 0.0;
   result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   return result;
@@ -197,6 +203,23 @@ std::vector<std::string> read_segments(const std::string& path, int64_t count) {
   return segments;
 }
 
+ChunkedWindows chunked_windows(const std::vector<int64_t>& tokens, int64_t seq_len, int64_t bos) {
+  TORCH_CHECK(seq_len >= 2, "window length must be at least 2, got ", seq_len);
+  const int64_t text_per_window = bos >= 0 ? seq_len - 1 : seq_len;
+  const int64_t n = static_cast<int64_t>(tokens.size());
+  ChunkedWindows out;
+  int64_t at = 0;
+  for (; at + text_per_window <= n; at += text_per_window) {
+    std::vector<int64_t> w;
+    w.reserve(static_cast<size_t>(seq_len));
+    if (bos >= 0) w.push_back(bos);
+    w.insert(w.end(), tokens.begin() + at, tokens.begin() + at + text_per_window);
+    out.windows.push_back(std::move(w));
+  }
+  out.tail_tokens = n - at;
+  return out;
+}
+
 std::vector<std::vector<int64_t>> eval_sequences(const text::Tokenizer& tokenizer,
                                                  const std::vector<std::string>& segments, int64_t seq_len,
                                                  int64_t* truncated) {
@@ -234,10 +257,30 @@ TextEvalResult evaluate_text(const EvalConfig& config) {
   TORCH_CHECK(max_seq_len <= 0 || seq_len <= max_seq_len, "eval: --seq-len ", seq_len, " is longer than the model ",
               config.model_path, " can take (", max_seq_len, " positions)");
   TextEvalResult result;
-  const std::vector<std::vector<int64_t>> sequences = eval_sequences(*tokenizer, segments, seq_len, &result.truncated);
-  static_cast<EvalResult&>(result) = evaluate_nll(model, sequences, config.batch_tokens);
   result.segments = static_cast<int64_t>(segments.size());
   result.seq_len = seq_len;
+  if (!config.chunked) {
+    const auto sequences = eval_sequences(*tokenizer, segments, seq_len, &result.truncated);
+    static_cast<EvalResult&>(result) = evaluate_nll(model, sequences, config.batch_tokens, 1, config.progress);
+    return result;
+  }
+  // One stream of the paragraphs' tokens: BOS only where a window starts, as llama-perplexity does.
+  std::vector<int64_t> stream;
+  for (const std::string& s : segments) {
+    const std::vector<int64_t> ids = tokenizer->encode_text(s);
+    stream.insert(stream.end(), ids.begin(), ids.end());
+  }
+  const SpecialTokens& special = tokenizer->special();
+  const int64_t bos = special.add_bos ? special.bos : -1;
+  const ChunkedWindows chunks = chunked_windows(stream, seq_len, bos);
+  TORCH_CHECK(!chunks.windows.empty(), "eval: the text ", config.text_path, " gives ", stream.size(),
+              " tokens, fewer than one window of ", bos >= 0 ? seq_len - 1 : seq_len, " text tokens (--seq-len ",
+              seq_len, bos >= 0 ? ", BOS included" : "", "); give a shorter --seq-len or a longer text");
+  static_cast<EvalResult&>(result) =
+      evaluate_nll(model, chunks.windows, config.batch_tokens, chunked_score_from(seq_len), config.progress);
+  result.text_tokens = static_cast<int64_t>(stream.size());
+  result.windows = static_cast<int64_t>(chunks.windows.size());
+  result.tail_tokens = chunks.tail_tokens;
   return result;
 }
 

@@ -43,9 +43,10 @@ std::vector<float> row_of(const at::Tensor& logits, int64_t t) {
 
 }  // namespace
 
-Sampler::Sampler(double temperature, double top_p, uint64_t seed)
-    : temperature_(temperature), top_p_(top_p), state_(seed) {
+Sampler::Sampler(double temperature, int64_t top_k, double top_p, uint64_t seed)
+    : temperature_(temperature), top_k_(top_k), top_p_(top_p), state_(seed) {
   TORCH_CHECK(temperature >= 0 && std::isfinite(temperature), "temperature must be >= 0, got ", temperature);
+  TORCH_CHECK(top_k >= 0, "top-k must be >= 0 (0: all tokens), got ", top_k);
   TORCH_CHECK(std::isfinite(top_p), "top-p must be a number, got ", top_p);
   TORCH_CHECK(seed != 0, "the sampling seed must be nonzero (xorshift stays at 0 forever)");
 }
@@ -69,6 +70,7 @@ int64_t Sampler::next(std::vector<float>& logits) {
   if (temperature_ == 0.0) return argmax(logits);
   const int64_t n = static_cast<int64_t>(logits.size());
   TORCH_CHECK(n > 0, "sampling from empty logits");
+  if (top_k_ > 0 && top_k_ < n) return next_top_k(logits);
   // Softmax of logits / temperature, in float as run.c.
   const float inv_t = static_cast<float>(1.0 / temperature_);
   for (float& x : logits) x *= inv_t;
@@ -114,13 +116,60 @@ int64_t Sampler::next(std::vector<float>& logits) {
   return kept[last];
 }
 
+int64_t Sampler::next_top_k(std::vector<float>& logits) {
+  // The k largest logits (ties: lower id, as argmax), so that top-k 1 is greedy whatever the temperature.
+  std::vector<int64_t> kept(logits.size());
+  std::iota(kept.begin(), kept.end(), 0);
+  std::partial_sort(kept.begin(), kept.begin() + top_k_, kept.end(), [&](int64_t a, int64_t b) {
+    return logits[a] > logits[b] || (logits[a] == logits[b] && a < b);
+  });
+  kept.resize(static_cast<size_t>(top_k_));
+  // Softmax over the kept tokens (the renormalised top-k distribution), in float as run.c.
+  const float inv_t = static_cast<float>(1.0 / temperature_);
+  const float top = logits[kept[0]] * inv_t;
+  std::vector<float> p(kept.size());
+  float sum = 0.0f;
+  for (size_t i = 0; i < kept.size(); ++i) {
+    p[i] = std::exp(logits[kept[i]] * inv_t - top);
+    sum += p[i];
+  }
+  for (float& x : p) x /= sum;
+  const float coin = random_f32();
+  // Nucleus of the kept tokens, already most probable first.
+  size_t last = kept.size() - 1;
+  float mass = 1.0f;
+  if (top_p_ > 0.0 && top_p_ < 1.0) {
+    mass = 0.0f;
+    for (size_t i = 0; i < kept.size(); ++i) {
+      mass += p[i];
+      if (mass > top_p_) {
+        last = i;
+        break;
+      }
+    }
+  }
+  const float r = coin * mass;
+  float cdf = 0.0f;
+  for (size_t i = 0; i <= last; ++i) {
+    cdf += p[i];
+    if (r < cdf) return kept[i];
+  }
+  return kept[last];  // rounding left the cdf below r
+}
+
 GenerateResult generate(torch::jit::Module& model, const std::vector<int64_t>& prompt, int64_t max_seq_len,
                         const GenerateConfig& config, const std::function<void(int64_t, int64_t)>& on_token) {
   TORCH_CHECK(!prompt.empty(), "generate: the prompt needs at least one token (BOS)");
   int64_t steps = config.steps;
   if (max_seq_len > 0 && (steps <= 0 || steps > max_seq_len)) steps = max_seq_len;  // as run.c clamps
   TORCH_CHECK(steps > 0, "generate: give the number of steps: the model does not say its maximum sequence length");
-  Sampler sampler(config.temperature, config.top_p, config.seed);
+  const int64_t n = static_cast<int64_t>(prompt.size());
+  // run.c would print the first `steps` prompt tokens and stop: a cut the user would not see.
+  const bool model_bound = max_seq_len > 0 && (config.steps <= 0 || config.steps >= max_seq_len);
+  TORCH_CHECK(n <= steps, "generate: the prompt is ", n, " tokens long (BOS included), more than ",
+              model_bound ? "the model's maximum of " : "--steps ", steps, " positions; shorten the prompt",
+              model_bound ? "" : " or give more --steps");
+  Sampler sampler(config.temperature, config.top_k, config.top_p, config.seed);
   torch::jit::Method init_cache = method_of(model, "init_cache");
   torch::jit::Method forward_cached = method_of(model, "forward_cached");
   const at::NoGradGuard no_grad;
@@ -131,35 +180,32 @@ GenerateResult generate(torch::jit::Module& model, const std::vector<int64_t>& p
   TORCH_CHECK(cache.isList(), "init_cache must return a list of tensors, got ", cache.tagKind());
 
   // The prompt in one call (run.c feeds it one position at a time; the logits are the same up to rounding).
-  const int64_t n = result.prompt_tokens;
-  const int64_t k = std::min(n, steps);
-  at::Tensor ids = at::empty({1, k}, at::kLong);
-  std::copy(prompt.begin(), prompt.begin() + k, ids.data_ptr<int64_t>());
+  at::Tensor ids = at::empty({1, n}, at::kLong);
+  std::copy(prompt.begin(), prompt.end(), ids.data_ptr<int64_t>());
   auto t = Clock::now();
   at::Tensor logits = cached_logits(forward_cached, ids, 0, cache);
   result.prefill_seconds = seconds_since(t);
-  result.positions = k;
+  result.positions = n;
 
   auto emit = [&](int64_t prev, int64_t token) {
     result.tokens.push_back(token);
     if (on_token) on_token(prev, token);
   };
-  // Prompt tokens are forced at positions 0 .. min(n - 1, steps) - 1.
-  const int64_t forced = std::min(n - 1, steps);
-  for (int64_t i = 1; i <= forced; ++i) {
+  // Prompt tokens are forced at positions 0 .. n - 2.
+  for (int64_t i = 1; i < n; ++i) {
     if (prompt[i] == config.special.bos) {
       result.stop = "bos";
       return result;
     }
     emit(prompt[i - 1], prompt[i]);
   }
-  if (steps < n) {
-    result.stop = "steps";
+  if (config.max_tokens == 0) {
+    result.stop = "max_tokens";
     return result;
   }
   int64_t prev = prompt[n - 1];
   int64_t pos = n;
-  std::vector<float> row = row_of(logits, k - 1);
+  std::vector<float> row = row_of(logits, n - 1);
   while (true) {
     const int64_t next = sampler.next(row);
     const bool eos = std::find(config.special.eos.begin(), config.special.eos.end(), next) != config.special.eos.end();
@@ -169,6 +215,10 @@ GenerateResult generate(torch::jit::Module& model, const std::vector<int64_t>& p
     }
     emit(prev, next);
     ++result.generated;
+    if (result.generated == config.max_tokens) {
+      result.stop = "max_tokens";
+      break;
+    }
     if (pos >= steps) {
       result.stop = "steps";
       break;
@@ -198,13 +248,18 @@ GenerateResult generate_text(const GenerateTextConfig& config, std::ostream& out
   // llama2.c's tokenizer prints what run.c prints (piece by piece through safe_printf, which drops lone bytes);
   // every other format streams complete UTF-8 text.
   const auto* run_c = dynamic_cast<const Llama2cTokenizer*>(tokenizer.get());
-  StreamDecoder stream(*tokenizer, {prompt.front()});
+  auto print = [&](int64_t prev, int64_t token, StreamDecoder& stream) {
+    out << (run_c ? Llama2cTokenizer::printable(run_c->decode_piece(prev, token)) : stream.push(token));
+    out.flush();
+  };
+  // generate() emits the tokens after the first: a first token that is not BOS (a tokenizer without one) is text
+  // too, printed here.
+  const bool starts_with_bos = prompt.front() == tokenizer->special().bos;
+  StreamDecoder stream(*tokenizer, starts_with_bos ? std::vector<int64_t>{prompt.front()} : std::vector<int64_t>{});
+  if (!starts_with_bos) print(prompt.front(), prompt.front(), stream);
   const GenerateResult result =
       generate(model, prompt, model_max_seq_len(model, config.model_path), generate_config,
-               [&](int64_t prev, int64_t token) {
-                 out << (run_c ? Llama2cTokenizer::printable(run_c->decode_piece(prev, token)) : stream.push(token));
-                 out.flush();
-               });
+               [&](int64_t prev, int64_t token) { print(prev, token, stream); });
   out << (run_c ? "" : stream.finish()) << "\n";
   out.flush();
   return result;

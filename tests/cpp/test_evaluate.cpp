@@ -7,6 +7,8 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <numeric>
+#include <set>
 #include <sstream>
 
 #include "lwq/io/safetensors.h"
@@ -104,6 +106,40 @@ TEST_F(TinyLlama, BatchingAndPaddingDoNotChangeTheResult) {
   expect_error([&] { text::evaluate_nll(m, {{1, 5, 100000}}, 16); }, "shape [1, 3] (ids 1..100000)");
 }
 
+TEST(ChunkedWindows, CutsTheStreamIntoWholeWindowsWithBosFirst) {
+  std::vector<int64_t> tokens(10);
+  std::iota(tokens.begin(), tokens.end(), 100);
+  auto c = text::chunked_windows(tokens, 4, 1);  // BOS + 3 text tokens each
+  EXPECT_EQ(c.windows, (std::vector<std::vector<int64_t>>{{1, 100, 101, 102}, {1, 103, 104, 105}, {1, 106, 107, 108}}));
+  EXPECT_EQ(c.tail_tokens, 1);
+  c = text::chunked_windows(tokens, 4, -1);  // no BOS: 4 text tokens each
+  EXPECT_EQ(c.windows, (std::vector<std::vector<int64_t>>{{100, 101, 102, 103}, {104, 105, 106, 107}}));
+  EXPECT_EQ(c.tail_tokens, 2);
+  c = text::chunked_windows({100, 101}, 4, 1);  // shorter than a window: none
+  EXPECT_TRUE(c.windows.empty());
+  EXPECT_EQ(c.tail_tokens, 2);
+  EXPECT_EQ(text::chunked_score_from(7), 3);
+  expect_error([] { text::chunked_windows({1, 2}, 1, -1); }, "window length must be at least 2");
+}
+
+TEST_F(TinyLlama, ScoringFromAnIndexLeavesOutTheEarlierPredictions) {
+  torch::jit::Module m = model();
+  const std::vector<int64_t> w = {1, 270, 280, 290, 300, 261, 275, 285};
+  const auto all = text::evaluate_nll(m, {w}, 64);
+  const auto head = text::evaluate_nll(m, {std::vector<int64_t>(w.begin(), w.begin() + 4)}, 64);
+  const auto tail = text::evaluate_nll(m, {w, w}, 64, /*score_from=*/4);  // causal: the head's logits are the same
+  EXPECT_EQ(tail.tokens, 2 * 4);
+  EXPECT_NEAR(tail.total_nll, 2 * (all.total_nll - head.total_nll), 1e-4 * all.total_nll);
+  int64_t calls = 0, last = -1;
+  text::evaluate_nll(m, {w, {1, 2, 3}}, 8, 1, [&](int64_t done, int64_t total) {
+    EXPECT_EQ(total, 2);
+    last = done;
+    ++calls;
+  });
+  EXPECT_EQ(calls, 3);
+  EXPECT_EQ(last, 2);
+}
+
 TEST(LengthBatches, GroupsShortestFirstWithinTheTokenBudget) {
   const std::vector<std::vector<int64_t>> seqs = {{1, 2, 3, 4, 5}, {1, 2, 3}, {1, 2, 3, 4, 5}, {1, 2}};
   // Sorted: 3 (2), 1 (3), 0 (5), 2 (5); padded sizes 2*3 = 6 fit in 10, 3*5 does not, 2*5 = 10 does.
@@ -145,13 +181,15 @@ TEST_F(TinyLlama, StepsCountPositionsPromptIncluded) {
   torch::jit::Module m = model();
   const std::vector<int64_t> prompt = {1, 270, 280, 290, 300, 261};
   GenerateConfig config;
-  config.steps = 3;  // fewer than the prompt: run.c emits prompt[1..3] and samples nothing
-  auto r = text::generate(m, prompt, 64, config);
-  EXPECT_EQ(r.tokens, (std::vector<int64_t>{270, 280, 290}));
-  EXPECT_EQ(r.generated, 0);
-  EXPECT_EQ(r.stop, "steps");
+  // Fewer steps than the prompt (run.c would print prompt[1..3] and stop) or a prompt longer than the model's
+  // positions: refused, naming both lengths, never cut.
+  config.steps = 3;
+  expect_error([&] { text::generate(m, prompt, 64, config); },
+               "the prompt is 6 tokens long (BOS included), more than --steps 3 positions");
+  config.steps = 0;
+  expect_error([&] { text::generate(m, prompt, 5, config); }, "more than the model's maximum of 5 positions");
   config.steps = 6;  // exactly the prompt: its tokens after BOS, then one chosen token
-  r = text::generate(m, prompt, 64, config);
+  auto r = text::generate(m, prompt, 64, config);
   ASSERT_GE(r.tokens.size(), 5u);
   EXPECT_EQ(std::vector<int64_t>(r.tokens.begin(), r.tokens.begin() + 5), (std::vector<int64_t>{270, 280, 290, 300, 261}));
   EXPECT_LE(r.tokens.size(), 6u);
@@ -167,6 +205,22 @@ TEST_F(TinyLlama, StepsCountPositionsPromptIncluded) {
   EXPECT_EQ(r.positions, 64);
   EXPECT_EQ(r.tokens.size(), 64u);
   expect_error([&] { text::generate(m, {}, 64, config); }, "at least one token");
+  // max_tokens counts chosen tokens after the prompt; the first limit reached ends generation.
+  config.max_tokens = 4;
+  r = text::generate(m, prompt, 64, config);
+  EXPECT_EQ(r.generated, 4);
+  EXPECT_EQ(r.stop, "max_tokens");
+  EXPECT_EQ(r.tokens.size(), 5u + 4u);
+  EXPECT_EQ(r.positions, 6 + 3);  // the last chosen token is not run
+  config.steps = 8;
+  r = text::generate(m, prompt, 64, config);
+  EXPECT_EQ(r.generated, 3);  // positions 6, 7, 8 choose three tokens
+  EXPECT_EQ(r.stop, "steps");
+  config.max_tokens = 0;
+  r = text::generate(m, prompt, 64, config);
+  EXPECT_EQ(r.generated, 0);
+  EXPECT_EQ(r.stop, "max_tokens");
+  EXPECT_EQ(r.tokens.size(), 5u);
 }
 
 TEST_F(TinyLlama, SamplingIsSeededAndNarrowTopPIsGreedy) {
@@ -190,7 +244,7 @@ TEST_F(TinyLlama, SamplingIsSeededAndNarrowTopPIsGreedy) {
 }
 
 TEST(Sampler, FollowsTheDistributionAndValidatesItsSettings) {
-  Sampler s(1.0, 1.0, 7);
+  Sampler s(1.0, 0, 1.0, 7);
   int ones = 0;
   const int draws = 4000;
   for (int i = 0; i < draws; ++i) {
@@ -199,14 +253,44 @@ TEST(Sampler, FollowsTheDistributionAndValidatesItsSettings) {
   }
   EXPECT_NEAR(ones / static_cast<double>(draws), 0.75, 0.03);
   // Top-p 0.5 keeps only the 0.75 token.
-  Sampler nucleus(1.0, 0.5, 7);
+  Sampler nucleus(1.0, 0, 0.5, 7);
   for (int i = 0; i < 100; ++i) {
     std::vector<float> logits = {0.0f, std::log(3.0f)};
     ASSERT_EQ(nucleus.next(logits), 1);
   }
   EXPECT_EQ(Sampler::argmax({1.0f, 3.0f, 3.0f, 2.0f}), 1);  // the first of equal maxima
-  expect_error([] { Sampler(1.0, 0.9, 0); }, "seed must be nonzero");
-  expect_error([] { Sampler(-1.0, 0.9, 1); }, "temperature must be >= 0");
+  expect_error([] { Sampler(1.0, 0, 0.9, 0); }, "seed must be nonzero");
+  expect_error([] { Sampler(-1.0, 0, 0.9, 1); }, "temperature must be >= 0");
+  expect_error([] { Sampler(1.0, -1, 0.9, 1); }, "top-k must be >= 0");
+}
+
+TEST(Sampler, TopKKeepsTheMostProbableThenTopP) {
+  std::vector<float> base(50);
+  for (size_t i = 0; i < base.size(); ++i) base[i] = std::sin(static_cast<float>(i) * 1.7f) * 3.0f;
+  const int64_t best = Sampler::argmax(base);
+  // Top-k 1 is greedy at any temperature; top-k of the whole vocabulary (or more) is run.c's sampler, draw for draw.
+  Sampler one(1.5, 1, 0.9, 5), all(0.8, 50, 0.9, 5), more(0.8, 1000, 0.9, 5), run_c(0.8, 0, 0.9, 5);
+  std::vector<int64_t> top3(base.size());
+  std::iota(top3.begin(), top3.end(), 0);
+  std::sort(top3.begin(), top3.end(), [&](int64_t a, int64_t b) { return base[a] > base[b]; });
+  top3.resize(3);
+  Sampler three(1.0, 3, 1.0, 9);
+  std::set<int64_t> seen;
+  for (int i = 0; i < 300; ++i) {
+    std::vector<float> a = base, b = base, c = base, d = base, e = base;
+    ASSERT_EQ(one.next(a), best);
+    const int64_t x = all.next(b);
+    ASSERT_EQ(x, more.next(c));
+    ASSERT_EQ(x, run_c.next(d));
+    seen.insert(three.next(e));
+  }
+  EXPECT_EQ(seen, std::set<int64_t>(top3.begin(), top3.end()));  // all three drawn, nothing else
+  // Top-p after top-k, on the renormalised k: p = 0.25, 0.75 of the two kept; 0.5 keeps only the larger.
+  Sampler narrowed(1.0, 2, 0.5, 7);
+  for (int i = 0; i < 100; ++i) {
+    std::vector<float> logits = {0.0f, std::log(3.0f), -30.0f, -31.0f};
+    ASSERT_EQ(narrowed.next(logits), 1);
+  }
 }
 
 TEST_F(TinyLlama, LoadingRefusesMissingOrMisshapenWeights) {

@@ -1,7 +1,8 @@
 // Text generation with a TorchScript model of MODEL_CONTRACT.md (init_cache / forward_cached), following llama2.c's
 // run.c: `steps` counts positions, prompt included; prompt tokens after the first are emitted as they are forced,
-// then tokens are chosen (argmax at temperature 0, else sampled) until `steps` positions have run or BOS comes
-// out. run.c stops only at BOS; with stop_at_eos (default) EOS also ends the text, unprinted.
+// then tokens are chosen (argmax at temperature 0, else sampled) until `steps` positions have run, `max_tokens`
+// tokens were chosen, or BOS comes out. run.c stops only at BOS; with stop_at_eos (default) any EOS id also ends
+// the text, unprinted. A prompt longer than the positions is refused, not cut.
 #pragma once
 
 #include <torch/script.h>
@@ -17,10 +18,12 @@
 namespace lwq {
 namespace text {
 
-// run.c's sampler: xorshift random numbers, softmax at a temperature, optional nucleus (top-p) truncation.
+// run.c's sampler: xorshift random numbers, softmax at a temperature, optional nucleus (top-p) truncation; with
+// top_k in [1, vocab) the k most probable tokens are kept first (ties: lower id), then top-p applies to their
+// renormalised distribution (llama.cpp's order). Without top-k the draws are run.c's, number for number.
 class Sampler {
  public:
-  Sampler(double temperature, double top_p, uint64_t seed);
+  Sampler(double temperature, int64_t top_k, double top_p, uint64_t seed);
   // The next token given one position's logits (modified in place when sampling).
   int64_t next(std::vector<float>& logits);
   static int64_t argmax(const std::vector<float>& logits);  // the first maximum
@@ -28,13 +31,18 @@ class Sampler {
  private:
   uint32_t random_u32();
   float random_f32();
-  double temperature_, top_p_;
+  int64_t next_top_k(std::vector<float>& logits);
+  double temperature_;
+  int64_t top_k_;
+  double top_p_;
   uint64_t state_;
 };
 
 struct GenerateConfig {
   int64_t steps = 256;       // positions to run, prompt included; 0: the model's maximum (also the upper bound)
+  int64_t max_tokens = -1;   // tokens to choose after the prompt; < 0: until `steps` (whichever ends first)
   double temperature = 0.0;  // 0: greedy
+  int64_t top_k = 0;         // keep the k most probable tokens; 0 (or >= the vocabulary): all
   double top_p = 0.9;        // nucleus sampling when 0 < top_p < 1, else sampling from the whole distribution
   uint64_t seed = 1;         // nonzero
   bool stop_at_eos = true;
@@ -46,7 +54,7 @@ struct GenerateResult {
   int64_t prompt_tokens = 0;    // BOS included
   int64_t generated = 0;        // chosen (not forced) tokens
   int64_t positions = 0;        // positions the model ran
-  std::string stop;             // "steps", "bos" or "eos"
+  std::string stop;             // "steps", "max_tokens", "bos" or "eos"
   double prefill_seconds = 0;   // the prompt's forward_cached
   double decode_seconds = 0;    // the one-token forward_cached calls after it
   int64_t decode_forwards = 0;
@@ -54,7 +62,8 @@ struct GenerateResult {
 };
 
 // Generates from `prompt` (at least one token, normally BOS first). max_seq_len bounds steps (0: unknown, steps
-// must then be given). on_token(prev, token) is called for each emitted token as it is known.
+// must then be given); a prompt of more tokens than the positions that gives is refused, naming both lengths.
+// on_token(prev, token) is called for each emitted token as it is known.
 GenerateResult generate(torch::jit::Module& model, const std::vector<int64_t>& prompt, int64_t max_seq_len,
                         const GenerateConfig& config,
                         const std::function<void(int64_t prev, int64_t token)>& on_token = {});
