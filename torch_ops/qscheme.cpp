@@ -102,11 +102,36 @@ int64_t group_count(int64_t group_size, int64_t in_features) {
   return (in_features + g - 1) / g;
 }
 
-QParams compute_qparams(const at::Tensor& w, const DtypeInfo& info, bool sym, double clip) {
-  return compute_qparams(w, info, sym, at::scalar_tensor(clip, at::kFloat));
+QParams compute_qparams(const at::Tensor& w, const DtypeInfo& info, bool sym, double clip, bool fp16_scales) {
+  return compute_qparams(w, info, sym, at::scalar_tensor(clip, at::kFloat), fp16_scales);
 }
 
-QParams compute_qparams(const at::Tensor& w, const DtypeInfo& info, bool sym, const at::Tensor& clip) {
+namespace {
+
+// The float16 value of each scale, as fp32. Out of range is an error: inf or 0 would not dequantize.
+at::Tensor fp16_exact(const at::Tensor& scale) {
+  const at::Tensor s16 = scale.to(at::kHalf).to(at::kFloat);
+  TORCH_CHECK(s16.isfinite().all().item<bool>(), "a scale of magnitude ", scale.abs().max().item<float>(),
+              " is outside the float16 range (largest finite value 65504)");
+  TORCH_CHECK(!((s16 == 0) & (scale != 0)).any().item<bool>(), "a scale of magnitude ",
+              scale.abs().min().item<float>(), " underflows to 0 in float16");
+  return s16;
+}
+
+QParams qparams(const at::Tensor& w, const DtypeInfo& info, bool sym, const at::Tensor& clip);
+
+}  // namespace
+
+QParams compute_qparams(const at::Tensor& w, const DtypeInfo& info, bool sym, const at::Tensor& clip,
+                        bool fp16_scales) {
+  QParams p = qparams(w, info, sym, clip);
+  if (fp16_scales) p.scale = fp16_exact(p.scale);
+  return p;
+}
+
+namespace {
+
+QParams qparams(const at::Tensor& w, const DtypeInfo& info, bool sym, const at::Tensor& clip) {
   TORCH_CHECK(w.dim() == 2, "compute_qparams expects a [rows, cols] block, got shape ", w.sizes());
   check_scheme(info, sym);
   const at::Tensor wf = w.to(at::kFloat);
@@ -137,6 +162,8 @@ QParams compute_qparams(const at::Tensor& w, const DtypeInfo& info, bool sym, co
   p.zero = at::clamp(at::round(-lo / p.scale), 0, info.qmax(false)).to(at::kInt);
   return p;
 }
+
+}  // namespace
 
 at::Tensor quantize_rows(const at::Tensor& w, const at::Tensor& scale, const at::Tensor& zero,
                          const DtypeInfo& info, bool sym) {
@@ -171,14 +198,14 @@ at::Tensor dequantize_rows(const at::Tensor& q, const at::Tensor& scale, const a
 }
 
 GroupwiseQ quantize_groupwise(const at::Tensor& w, const DtypeInfo& info, bool sym, int64_t group_size,
-                              double clip) {
+                              double clip, bool fp16_scales) {
   TORCH_CHECK(w.dim() == 2, "weight must be 2-D [out, in], got shape ", w.sizes());
   const at::Tensor c = at::full({w.size(0), group_count(group_size, w.size(1))}, clip, at::kFloat);
-  return quantize_groupwise(w, info, sym, group_size, c);
+  return quantize_groupwise(w, info, sym, group_size, c, fp16_scales);
 }
 
 GroupwiseQ quantize_groupwise(const at::Tensor& w, const DtypeInfo& info, bool sym, int64_t group_size,
-                              const at::Tensor& clip) {
+                              const at::Tensor& clip, bool fp16_scales) {
   TORCH_CHECK(w.dim() == 2, "weight must be 2-D [out, in], got shape ", w.sizes());
   const int64_t n = w.size(0), k = w.size(1);
   const int64_t g = effective_group_size(group_size, k);
@@ -193,7 +220,7 @@ GroupwiseQ quantize_groupwise(const at::Tensor& w, const DtypeInfo& info, bool s
   auto run = [&](int64_t first_col, int64_t groups, int64_t width, int64_t first_group) {
     const at::Tensor rows = wf.narrow(1, first_col, groups * width).reshape({n * groups, width});
     const at::Tensor rows_clip = cf.narrow(1, first_group, groups).reshape({n * groups});
-    const QParams p = compute_qparams(rows, info, sym, rows_clip);
+    const QParams p = compute_qparams(rows, info, sym, rows_clip, fp16_scales);
     q_parts.push_back(quantize_rows(rows, p.scale, p.zero, info, sym).view({n, groups * width}));
     s_parts.push_back(p.scale.view({n, groups}));
     if (p.zero.defined()) z_parts.push_back(p.zero.view({n, groups}));

@@ -54,12 +54,17 @@ void check_storage(const at::Tensor& t, const std::string& what);
 
 // Quantization parameters of the rows of w [R, C] (each row one group). clip: ratio in (0, 1] applied to the
 // range, either a scalar tensor or [R]. Returns scale fp32 [R] and, for asym, zero int32 [R] (else undefined).
+// fp16_scales: each scale rounded to the nearest float16 value after the zero point is chosen (as lwq's Python
+// fp16_scales does), so that the codes quantize_rows then picks are the nearest ones for the stored scale; throws
+// when a scale is outside float16's range.
 struct QParams {
   at::Tensor scale;
   at::Tensor zero;
 };
-QParams compute_qparams(const at::Tensor& w, const DtypeInfo& info, bool sym, double clip = 1.0);
-QParams compute_qparams(const at::Tensor& w, const DtypeInfo& info, bool sym, const at::Tensor& clip);
+QParams compute_qparams(const at::Tensor& w, const DtypeInfo& info, bool sym, double clip = 1.0,
+                        bool fp16_scales = false);
+QParams compute_qparams(const at::Tensor& w, const DtypeInfo& info, bool sym, const at::Tensor& clip,
+                        bool fp16_scales = false);
 
 // q int32 [R, C] from w [R, C] given scale [R] (and zero [R] for asym). Values are those of the logical form:
 // signed q for int sym, codes for asym and table types.
@@ -76,10 +81,10 @@ struct GroupwiseQ {
   at::Tensor q, scales, zeros;
 };
 GroupwiseQ quantize_groupwise(const at::Tensor& w, const DtypeInfo& info, bool sym, int64_t group_size,
-                              double clip = 1.0);
+                              double clip = 1.0, bool fp16_scales = false);
 // The same with one clip ratio per group: clip fp32 [out, n_groups] in (0, 1] (e.g. from a clip search).
 GroupwiseQ quantize_groupwise(const at::Tensor& w, const DtypeInfo& info, bool sym, int64_t group_size,
-                              const at::Tensor& clip);
+                              const at::Tensor& clip, bool fp16_scales = false);
 // Float values of a GroupwiseQ (fake quantization), fp32 [out, in].
 at::Tensor dequantize_groupwise(const GroupwiseQ& gq, const DtypeInfo& info, bool sym, int64_t group_size);
 

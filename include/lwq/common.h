@@ -11,6 +11,9 @@ struct QuantSpec {
   std::string dtype = "int4";
   int64_t group_size = 128;  // -1: one group per output channel
   bool sym = true;
+  // Scales rounded to float16 before the codes are chosen (the codes are then the nearest for the rounded scale):
+  // what GPTQ checkpoints store, so `lwq export --format gptq` needs no rounding after the fact.
+  bool fp16_scales = false;
 };
 
 // What an algorithm reports for one layer. Errors are means over elements; NaN when not measured.

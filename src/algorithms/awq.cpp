@@ -115,10 +115,10 @@ AwqResult awq_search(const at::Tensor& x, const std::vector<at::Tensor>& weights
   AwqResult result;
   std::vector<std::string> adjustments;
 
-  // Plain RTN through the library's own quantize_weight: the baseline every report compares with.
+  // Plain RTN of the same spec (float16 scales included): the baseline every report compares with.
   std::vector<double> rtn_err;
   for (const auto i : c10::irange(L)) {
-    const at::Tensor deq = quantize_weight(g.weights[i], spec.dtype, spec.group_size, spec.sym)->dequantize();
+    const at::Tensor deq = fake_quantize_groupwise(g.weights[i], spec);
     rtn_err.push_back(meter.sum_squared(g.weights[i], deq));
   }
 

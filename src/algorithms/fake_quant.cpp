@@ -13,8 +13,8 @@ GroupwiseQuantized quantize_groupwise(const at::Tensor& w, const QuantSpec& spec
               w.scalar_type(), " ", w.sizes());
   const DtypeInfo& info = dtype_info(spec.dtype);
   check_scheme(info, spec.sym);
-  return clip.defined() ? lwq::quantize_groupwise(w, info, spec.sym, spec.group_size, clip)
-                        : lwq::quantize_groupwise(w, info, spec.sym, spec.group_size);
+  return clip.defined() ? lwq::quantize_groupwise(w, info, spec.sym, spec.group_size, clip, spec.fp16_scales)
+                        : lwq::quantize_groupwise(w, info, spec.sym, spec.group_size, 1.0, spec.fp16_scales);
 }
 
 at::Tensor dequantize_groupwise(const GroupwiseQuantized& qw, const QuantSpec& spec) {

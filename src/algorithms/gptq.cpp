@@ -177,7 +177,8 @@ GptqSolution gptq_solve(const at::Tensor& weight, const at::Tensor& hessian, con
   if (fixed_params) {
     std::vector<at::Tensor> scales, zeros;
     for (int64_t g = 0; g < n_groups; ++g) {
-      const QParams p = compute_qparams(w.narrow(1, g * group, std::min(group, in - g * group)), info, sym);
+      const QParams p =
+          compute_qparams(w.narrow(1, g * group, std::min(group, in - g * group)), info, sym, 1.0, spec.fp16_scales);
       scales.push_back(p.scale);
       if (p.zero.defined()) zeros.push_back(p.zero);
     }
@@ -251,7 +252,8 @@ GptqSolution gptq_solve(const at::Tensor& weight, const at::Tensor& hessian, con
           if (fixed_zero.defined()) zero = fixed_zero[g];
         } else if (j % group == 0) {
           // The group's rows of S are complete up to column j here (block_end), as GPTQ requires.
-          const QParams p = compute_qparams(group_weights(j, std::min(group, in - j)).t(), info, sym);
+          const QParams p =
+              compute_qparams(group_weights(j, std::min(group, in - j)).t(), info, sym, 1.0, spec.fp16_scales);
           scale = group_scale[j / group] = p.scale;
           zero = group_zero[j / group] = p.zero;
         }
@@ -326,7 +328,7 @@ PackedWeightPtr gptq_quantize(const at::Tensor& weight, const at::Tensor& hessia
     const DtypeInfo& info = dtype_info(spec.dtype);
     report->weight_mse = (solution.dequantized - wf).pow(2).mean().item<double>();
     report->output_mse = hessian_weighted_error(wf, solution.dequantized, hessian);
-    const GroupwiseQ rtn = quantize_groupwise(wf, info, spec.sym, spec.group_size);
+    const GroupwiseQ rtn = quantize_groupwise(wf, info, spec.sym, spec.group_size, 1.0, spec.fp16_scales);
     report->baseline_output_mse =
         hessian_weighted_error(wf, dequantize_groupwise(rtn, info, spec.sym, spec.group_size), hessian);
     report->adjustments.insert(report->adjustments.end(), solution.adjustments.begin(), solution.adjustments.end());

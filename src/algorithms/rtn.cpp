@@ -65,7 +65,7 @@ GroupwiseQ rtn_groupwise(const at::Tensor& weight, const QuantSpec& spec, bool m
   const int64_t out = weight.size(0), in = weight.size(1);
   const int64_t n_groups = group_count(spec.group_size, in);
   const at::Tensor w = weight.to(at::kFloat).contiguous();
-  GroupwiseQ best = quantize_groupwise(w, info, spec.sym, spec.group_size);
+  GroupwiseQ best = quantize_groupwise(w, info, spec.sym, spec.group_size, 1.0, spec.fp16_scales);
   at::Tensor clip = at::ones({out, n_groups}, at::kFloat);
   if (mse_search) {
     TORCH_CHECK(search.grid >= 1, "rtn_quantize: the clip search needs grid >= 1, got ", search.grid);
@@ -76,7 +76,7 @@ GroupwiseQ rtn_groupwise(const at::Tensor& weight, const QuantSpec& spec, bool m
     at::Tensor best_err = group_sq_error(w, best, info, spec.sym, spec.group_size);
     for (int64_t step = 1; step <= search.grid; ++step) {
       const double ratio = 1.0 - search.max_shrink * static_cast<double>(step) / static_cast<double>(search.grid);
-      const GroupwiseQ cand = quantize_groupwise(w, info, spec.sym, spec.group_size, ratio);
+      const GroupwiseQ cand = quantize_groupwise(w, info, spec.sym, spec.group_size, ratio, spec.fp16_scales);
       const at::Tensor err = group_sq_error(w, cand, info, spec.sym, spec.group_size);
       // Strictly better only: on a tie the larger ratio (plain RTN first of all) stays.
       const at::Tensor better = err < best_err;
@@ -96,8 +96,8 @@ PackedWeightPtr rtn_quantize(const at::Tensor& weight, const QuantSpec& spec, bo
   const auto start = std::chrono::steady_clock::now();
   PackedWeightPtr packed;
   at::Tensor clip;
-  if (mse_search) {
-    const GroupwiseQ gq = rtn_groupwise(weight, spec, true, search, &clip);
+  if (mse_search || spec.fp16_scales) {
+    const GroupwiseQ gq = rtn_groupwise(weight, spec, mse_search, search, &clip);
     packed = PackedWeight::pack(gq.q, gq.scales, spec.sym ? c10::nullopt : c10::optional<at::Tensor>(gq.zeros),
                                 spec.dtype, spec.group_size, c10::nullopt);
   } else {

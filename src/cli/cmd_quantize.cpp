@@ -72,6 +72,12 @@ void add_options(Quantize& q) {
   q.sym = app.add_flag_callback("--sym", [&c] { c.spec.sym = true; }, "symmetric (the default)");
   q.asym = app.add_flag_callback("--asym", [&c] { c.spec.sym = false; }, "asymmetric, with zero points");
   q.sym->excludes(q.asym);
+  app.add_option_function<std::string>(
+         "--scale-dtype", [&c](const std::string& d) { c.spec.fp16_scales = d == "fp16"; },
+         "fp32 (default) or fp16: scales rounded to float16 before the codes are chosen, as\n"
+         "GPTQ checkpoints store them (`lwq export --format gptq` is then exact); weight-only")
+      ->type_name("S")
+      ->check(one_of({"fp32", "fp16"}));
   CLI::Option* exclude =
       app.add_option("--exclude", q.exclude,
                      "layers whose qualified name matches stay float (repeatable); replaces the default,\n"
@@ -112,12 +118,12 @@ void add_options(Quantize& q) {
           ->type_name("F")
           ->group(kCalibration);
   app.add_option("--calib", c.calib_text,
-                 "or a text file for language models (forward(input_ids) -> logits): BOS + each\n"
+                 "or a text file for language models (forward(input_ids) -> logits): (BOS where used) + each\n"
                  "blank-line separated paragraph, concatenated, cut into windows of --seq-len tokens")
       ->type_name("TEXT")
       ->group(kCalibration)
       ->excludes(tensors);
-  app.add_option("--tokenizer", c.tokenizer_path, "llama2.c tokenizer for --calib")->type_name("TOK")->group(kCalibration);
+  app.add_option("--tokenizer", c.tokenizer_path, "tokenizer for --calib (tokenizer.bin, .model, .json or a model directory)")->type_name("TOK")->group(kCalibration);
   app.add_option("--seq-len,--seqlen", c.seqlen, "tokens per --calib window")
       ->type_name("L")
       ->check(at_least<int64_t>(1))

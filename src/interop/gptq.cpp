@@ -158,7 +158,7 @@ GptqTensors to_gptq(const PackedWeight& w, GptqZeroFormat zero_format, bool roun
   TORCH_CHECK(inexact == 0 || round_scales, what, ": ", inexact, " of ", scales.numel(),
               " scales are not exactly representable in float16 (largest relative change ", max_rel,
               "); GPTQ stores float16 scales: accept the rounding (--round-scales) or quantize with float16-exact "
-              "scales");
+              "scales (lwq quantize --scale-dtype fp16)");
   if (rounding) {
     rounding->total += scales.numel();
     rounding->inexact += inexact;

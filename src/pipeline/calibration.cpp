@@ -22,18 +22,22 @@ namespace {
 // Token windows of a text (calibration.h).
 std::vector<Args> text_calibration(const QuantizeConfig& config) {
   TORCH_CHECK(!config.tokenizer_path.empty(), "quantize: --calib ", config.calib_text,
-              " needs --tokenizer (a llama2.c tokenizer.bin)");
-  TORCH_CHECK(config.seqlen >= 2, "quantize: --seqlen must be at least 2, got ", config.seqlen);
+              " needs --tokenizer (tokenizer.bin, tokenizer.model, tokenizer.json or a model directory)");
+  TORCH_CHECK(config.seqlen >= 2, "quantize: --seq-len must be at least 2, got ", config.seqlen);
   const std::unique_ptr<text::Tokenizer> tokenizer = text::load_tokenizer(config.tokenizer_path);
   const int64_t n = config.nsamples > 0 ? config.nsamples : 64;
+  const std::vector<std::string> paragraphs = text::read_segments(config.calib_text);
+  TORCH_CHECK(!paragraphs.empty(), "quantize: the calibration text ", config.calib_text,
+              " has no paragraphs (it is empty or only whitespace)");
   std::vector<int64_t> ids;
-  for (const std::string& paragraph : text::read_segments(config.calib_text)) {
+  for (const std::string& paragraph : paragraphs) {
+    // BOS before each paragraph where the tokenizer uses one (encode leaves it out otherwise).
     const std::vector<int64_t> t = tokenizer->encode(paragraph, /*bos=*/true, /*eos=*/false);
     ids.insert(ids.end(), t.begin(), t.end());
     if (static_cast<int64_t>(ids.size()) >= n * config.seqlen) break;
   }
   TORCH_CHECK(static_cast<int64_t>(ids.size()) >= n * config.seqlen, "quantize: the calibration text ",
-              config.calib_text, " gives ", ids.size(), " tokens, fewer than --nsamples ", n, " x --seqlen ",
+              config.calib_text, " gives ", ids.size(), " tokens, fewer than --nsamples ", n, " x --seq-len ",
               config.seqlen, "; use a longer text or fewer/shorter samples");
   std::vector<Args> out;
   for (int64_t i = 0; i < n; ++i) {

@@ -52,6 +52,9 @@ void check_config(const QuantizeConfig& config) {
     TORCH_CHECK(config.spec.dtype == kW8a8Spec.dtype && config.spec.group_size == kW8a8Spec.group_size &&
                     config.spec.sym == kW8a8Spec.sym,
                 "quantize: w8a8 uses int8 symmetric per-channel weights: pass --dtype int8 --group-size -1 --sym");
+    // lwq::w8a8_linear's weights never go to a GPTQ checkpoint; a setting that changes nothing is refused.
+    TORCH_CHECK(!config.spec.fp16_scales, "quantize: float16 scales apply to the weight-only algorithms (rtn, gptq, ",
+                "awq, teq), not to w8a8");
   }
   TORCH_CHECK(config.algorithm == "rtn" || !config.calib_tensors.empty() || !config.calib_text.empty(),
               "quantize: --algo ", config.algorithm,

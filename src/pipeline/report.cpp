@@ -69,6 +69,13 @@ QuantizedLayer layer_from_json(const json& j) {
   return q;
 }
 
+// scale_dtype only when the scales are float16-exact: reports of other runs stay as they were.
+json spec_json(const QuantSpec& spec) {
+  json j = {{"dtype", spec.dtype}, {"group_size", spec.group_size}, {"sym", spec.sym}};
+  if (spec.fp16_scales) j["scale_dtype"] = "fp16";
+  return j;
+}
+
 json fold_to_json(const ScaleFoldReport& f) { return {{"layers", f.layers}, {"applied", f.applied}}; }
 
 ScaleFoldReport fold_from_json(const json& j) {
@@ -89,7 +96,7 @@ std::string report_json(const QuantizeConfig& config, const QuantizeResult& resu
       {"algorithm", config.algorithm},
       {"mse_search", config.mse_search},
       {"compute", config.compute},
-      {"spec", {{"dtype", config.spec.dtype}, {"group_size", config.spec.group_size}, {"sym", config.spec.sym}}},
+      {"spec", spec_json(config.spec)},
       {"exclude", config.exclude},
       {"calibration",
        {{"file", config.calib_text.empty() ? config.calib_tensors : config.calib_text},

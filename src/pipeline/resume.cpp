@@ -54,7 +54,9 @@ json fingerprint_of(const QuantizeConfig& c) {
           {"calibration", file_identity(c.calib_tensors)},
           {"calibration_text", {file_identity(c.calib_text), file_identity(c.tokenizer_path), c.seqlen}},
           {"algorithm", c.algorithm},
-          {"spec", {c.spec.dtype, c.spec.group_size, c.spec.sym}},
+          // fp16_scales only when set: states of runs without it keep their fingerprint.
+          {"spec", c.spec.fp16_scales ? json{c.spec.dtype, c.spec.group_size, c.spec.sym, "fp16"}
+                                      : json{c.spec.dtype, c.spec.group_size, c.spec.sym}},
           {"mse_search", c.mse_search},
           {"exclude", c.exclude},
           {"blocks", c.blocks},

@@ -153,5 +153,35 @@ TEST(Rtn, SameBitsWithOneAndTwoThreads) {
   EXPECT_TRUE(runs[0].zeros.equal(runs[1].zeros));
 }
 
+TEST(RtnFp16Scales, ScalesAreFloat16ValuesAndCodesTheNearestForThem) {
+  at::manual_seed(3);
+  const at::Tensor w = at::randn({8, 40});
+  for (const bool sym : {true, false}) {
+    QuantSpec spec{"int4", 16, sym};
+    spec.fp16_scales = true;
+    const GroupwiseQ gq = rtn_groupwise(w, spec, /*mse_search=*/false);
+    EXPECT_TRUE(gq.scales.equal(gq.scales.to(at::kHalf).to(at::kFloat)));
+    // The codes are round-to-nearest for the stored scale (and the zero point of the float32 scale).
+    const DtypeInfo& info = dtype_info("int4");
+    QuantSpec plain = spec;
+    plain.fp16_scales = false;
+    const GroupwiseQ gq32 = rtn_groupwise(w, plain, false);
+    if (!sym) EXPECT_TRUE(gq.zeros.equal(gq32.zeros));
+    const at::Tensor cols = at::arange(40, at::kLong).div(16, "floor");
+    const at::Tensor s = gq.scales.index_select(1, cols);
+    at::Tensor want = at::round(w / s);
+    if (!sym) want = want + gq.zeros.index_select(1, cols).to(at::kFloat);
+    want = at::clamp(want, info.qmin(sym), info.qmax(sym)).to(at::kInt);
+    EXPECT_TRUE(gq.q.equal(want));
+    // The packed weight holds the same.
+    const auto packed = rtn_quantize(w, spec);
+    EXPECT_TRUE(std::get<1>(packed->unpack()).equal(gq.scales));
+  }
+  QuantSpec spec{"int8", -1, true};
+  spec.fp16_scales = true;
+  expect_error([&] { rtn_groupwise(at::full({2, 4}, 1e7), spec, false); }, "outside the float16 range");
+  expect_error([&] { rtn_groupwise(at::full({2, 4}, 1e-12), spec, false); }, "underflows to 0 in float16");
+}
+
 }  // namespace
 }  // namespace lwq

@@ -307,3 +307,52 @@ def test_w8a8_model_is_refused(lwq_ops, models, calibration, tmp_path):
            "--dtype", "int8", "--group-size", "-1", "--calib-tensors", calibration, "--out", q, "--quiet"))
     for fmt in ("gptq", "safetensors"):
         fails(lwq("export", "--format", fmt, q, tmp_path / f"out_{fmt}"), "W8A8", "lwq::w8a8_linear")
+
+
+@pytest.mark.parametrize("algo,extra", [
+    ("rtn", ["--mse-search"]),
+    ("gptq", ["--asym"]),
+    ("awq", []),
+    ("teq", ["--teq-steps", "3"]),
+])
+def test_float16_scales_from_quantize_export_to_gptq_exactly(lwq_ops, models, calibration, tmp_path, algo, extra):
+    """--scale-dtype fp16: the scales are float16 values before the codes are chosen, so the GPTQ export needs no
+    --round-scales and the imported model is the same model, state for state and output for output."""
+    q = tmp_path / "q.pt"
+    calib = [] if algo == "rtn" else ["--calib-tensors", calibration]
+    ok(lwq("quantize", "--model", models / "scripted.pt", "--weights", models / "scripted.safetensors", "--algo", algo,
+           "--dtype", "int4", "--group-size", "16", "--scale-dtype", "fp16", *extra, *calib, "--out", q, "--quiet"))
+    out = tmp_path / "gptq"
+    result = ok(lwq("export", "--format", "gptq", q, out))
+    assert "rounded" not in result.stderr
+    ok(lwq("import", "--format", "gptq", out, "--model", models / "scripted.pt", "--out", tmp_path / "q2.pt"))
+    assert_same_states(packed_states(lwq_ops, q), packed_states(lwq_ops, tmp_path / "q2.pt"))
+    x = torch.load(models / "scripted_reference.pt")["x"]
+    assert torch.equal(run(lwq_ops, q, x), run(lwq_ops, tmp_path / "q2.pt", x))
+
+
+def test_float16_scales_of_rtn_are_those_of_the_python_package(lwq_ops, models, tmp_path):
+    """The CLI rounds as lwq.quantize_linear(fp16_scales=True) does: the same codes, scales and zero points."""
+    from lwq.modules import quantize_linear
+    weights = read_tensors(models / "scripted.safetensors")
+    for sym in (True, False):
+        q = tmp_path / f"q{sym}.pt"
+        ok(lwq("quantize", "--model", models / "scripted.pt", "--weights", models / "scripted.safetensors",
+               "--algo", "rtn", "--dtype", "int4", "--group-size", "32", "--sym" if sym else "--asym",
+               "--scale-dtype", "fp16", "--out", q, "--quiet"))
+        modules = dict(torch.jit.load(str(q)).named_modules())
+        for name in LINEARS:
+            w = weights[f"{name}.weight"]
+            linear = torch.nn.Linear(w.shape[1], w.shape[0], bias=False)
+            linear.weight.data.copy_(w)
+            want = torch.ops.lwq.unpack_weight(quantize_linear(linear, "int4", 32, sym, fp16_scales=True).packed)
+            got = torch.ops.lwq.unpack_weight(modules[name].packed)
+            for u, v in zip(got, want):
+                assert (u is None and v is None) or torch.equal(u, v), name
+            assert torch.equal(got[1], got[1].half().float())
+
+
+def test_float16_scales_are_refused_for_w8a8(models, calibration, tmp_path):
+    fails(lwq("quantize", "--model", models / "scripted.pt", "--weights", models / "scripted.safetensors",
+              "--algo", "w8a8", "--scale-dtype", "fp16", "--calib-tensors", calibration, "--out", tmp_path / "q.pt"),
+          "float16 scales apply to the weight-only algorithms")

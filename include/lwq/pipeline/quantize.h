@@ -60,7 +60,7 @@ struct QuantizeConfig {
   std::string blocks;             // qualified name of the module list of blocks; empty: detected
   std::string calib_tensors;      // safetensors file with "input_ids" [N, L] (or "inputs" [N, ...] for any model)
   std::string calib_text;         // or: a text file (blank-line separated paragraphs) tokenized with...
-  std::string tokenizer_path;     // ... this llama2.c tokenizer: BOS + each paragraph, concatenated, cut into
+  std::string tokenizer_path;     // ... this tokenizer (load_tokenizer): BOS (where used) + each paragraph, cut into
   int64_t seqlen = 256;           //     windows of seqlen tokens, the first nsamples of them (default 64)
   int64_t nsamples = 0;           // calibration rows used (0: all rows of the file; 64 windows of the text)
   bool layer_wise = true;         // false: every weight is loaded first (the in-memory reference mode)
