@@ -10,9 +10,12 @@ import sys
 import zipfile
 
 import pytest
+import torch
 
 from conftest import GREEDY, LWQ, STORIES, TEXT, TOKENIZER, fails, lwq, ok
 from lwq import export as exporter
+from lwq import llama, llama2c
+from lwq.safetensors import read_safetensors
 
 TINY = pathlib.Path(__file__).resolve().parent / "fixtures" / "tiny_llama.py"
 
@@ -20,12 +23,16 @@ TINY = pathlib.Path(__file__).resolve().parent / "fixtures" / "tiny_llama.py"
 FP32_NLL_600 = 1.422
 
 
-def eval_json(*args):
+PER_PARAGRAPH_KEYS = ["nll", "ppl", "tokens", "segments"]
+CHUNKED_KEYS = PER_PARAGRAPH_KEYS + ["seq_len", "windows", "text_tokens", "tail_tokens"]
+
+
+def eval_json(*args, keys=PER_PARAGRAPH_KEYS):
     result = ok(lwq("eval", *args, "--json"))
     lines = result.stdout.splitlines()
     assert len(lines) == 1, result.stdout  # exactly one JSON object, nothing else on stdout
     out = json.loads(lines[0])
-    assert list(out) == ["nll", "ppl", "tokens", "segments"]
+    assert list(out) == keys
     return out
 
 
@@ -155,6 +162,147 @@ def test_usage_and_input_errors(tiny, tmp_path):
     fails(lwq("eval", *tiny_args(tiny), "--text", tiny / "text.txt", "--seq-len", max_len + 1),
           f"--seq-len {max_len + 1} is longer than the model", f"({max_len} positions)")
     eval_json(*tiny_args(tiny), "--text", tiny / "text.txt", "--seq-len", max_len)
+
+
+def test_top_k_one_is_greedy_and_max_tokens_counts_after_the_prompt(tiny, ref):
+    g = ref["greedy"]
+    args = [*tiny_args(tiny), "--prompt", g["prompt"], "--no-stop-at-eos", "--json"]
+    greedy = json.loads(ok(lwq("generate", *args, "--steps", g["steps"], "--temperature", 0)).stdout)
+    top1 = json.loads(ok(lwq("generate", *args, "--steps", g["steps"], "--temperature", 1.5, "--top-k", 1,
+                             "--seed", 3)).stdout)
+    assert top1["tokens"] == greedy["tokens"] == g["tokens"]
+    # Sampling with a seed repeats itself with top-k as without.
+    sampled = [*args, "--steps", 30, "--temperature", 1.0, "--top-k", 5, "--top-p", 0.9, "--seed", 7]
+    a, b = (json.loads(ok(lwq("generate", *sampled)).stdout) for _ in range(2))
+    assert a["tokens"] == b["tokens"] and a["text"] == b["text"]
+    # --max-tokens alone runs up to the model's positions; with --steps the first limit ends generation.
+    five = json.loads(ok(lwq("generate", *args, "--temperature", 0, "--max-tokens", 5)).stdout)
+    assert five["generated"] == 5 and five["stop"] == "max_tokens"
+    assert five["tokens"] == g["tokens"][:five["prompt_tokens"] - 1 + 5]
+    many = json.loads(ok(lwq("generate", *args, "--temperature", 0, "--max-tokens", 1000)).stdout)
+    assert many["stop"] == "steps" and many["positions"] == 64  # the model's maximum, not the default 256 steps
+    both = json.loads(ok(lwq("generate", *args, "--temperature", 0, "--max-tokens", 50, "--steps", 10)).stdout)
+    assert both["stop"] == "steps" and both["positions"] == 10
+    result = lwq("generate", *tiny_args(tiny), "--steps", 3, "--top-k", 4)
+    assert result.returncode == 0 and "--top-k applies to sampling" in result.stderr
+
+
+def test_a_prompt_longer_than_the_positions_is_refused_not_cut(tiny):
+    prompt = "the cat sat on the mat and the dog ran in"
+    n = len(llama2c.Tokenizer(str(tiny / "tokenizer.bin")).encode(prompt, bos=True))
+    fails(lwq("generate", *tiny_args(tiny), "--prompt", prompt, "--steps", 4),
+          f"the prompt is {n} tokens long (BOS included), more than --steps 4 positions")
+    fails(lwq("generate", *tiny_args(tiny), "--prompt", prompt * 8),
+          "tokens long (BOS included), more than the model's maximum of 64 positions")
+
+
+def chunked_reference(model, tok, segments, seq_len):
+    """llama-perplexity's windows, computed here directly: BOS + seq_len - 1 tokens of the concatenated paragraphs
+    per window, the tokens from index seq_len // 2 on scored."""
+    stream = [t for s in segments for t in tok.encode(s)]
+    per = seq_len - 1
+    windows = [[llama2c.BOS] + stream[i:i + per] for i in range(0, len(stream) - per + 1, per)]
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for w in windows:
+            logits = model(torch.tensor([w]))[0].double()
+            lp = torch.log_softmax(logits[:-1], -1)
+            first = seq_len // 2
+            targets = torch.tensor(w[first:])
+            total -= float(lp[first - 1:].gather(1, targets[:, None]).sum())
+            count += len(targets)
+    return total / count, count, len(windows), len(stream) - len(windows) * per
+
+
+def eager_tiny(tiny):
+    cfg = llama.LlamaConfig.from_json(json.loads((tiny / "config.json").read_text()))
+    model = llama.LlamaModel(cfg).eval()
+    model.load_state_dict(read_safetensors(tiny / "model.safetensors")[0], strict=False)
+    return model
+
+
+def test_chunked_perplexity_matches_a_direct_computation(tiny):
+    model = eager_tiny(tiny)
+    tok = llama2c.Tokenizer(str(tiny / "tokenizer.bin"))
+    segments = llama2c.read_segments(str(tiny / "text.txt"))
+    for seq_len in (16, 9):
+        got = eval_json(*tiny_args(tiny), "--text", tiny / "text.txt", "--chunked", "--seq-len", seq_len,
+                        keys=CHUNKED_KEYS)
+        nll, count, windows, tail = chunked_reference(model, tok, segments, seq_len)
+        assert got["nll"] == pytest.approx(nll, rel=1e-5)
+        assert (got["tokens"], got["windows"], got["tail_tokens"]) == (count, windows, tail)
+        assert got["text_tokens"] == sum(len(tok.encode(s)) for s in segments) and got["seq_len"] == seq_len
+        assert tail > 0  # the last partial window is left out, and said
+    text = ok(lwq("eval", *tiny_args(tiny), "--text", tiny / "text.txt", "--chunked", "--seq-len", 16)).stdout
+    assert "scored tokens of 7 windows of 16 tokens" in text and "not scored" in text
+    # Shorter than one window (the model's 64 positions by default): refused, naming both lengths.
+    fails(lwq("eval", *tiny_args(tiny), "--text", tiny / "text.txt", "--chunked", "--segments", 1),
+          "fewer than one window of 63 text tokens (--seq-len 64, BOS included)")
+
+
+def test_eval_shows_progress_on_a_terminal_only(tiny):
+    import os
+    import pty
+    main, sub = pty.openpty()
+    try:
+        result = subprocess.run([str(LWQ), "eval", *map(str, tiny_args(tiny)), "--text", str(tiny / "text.txt"),
+                                 "--batch-tokens", "1"], stdout=subprocess.PIPE, stderr=sub, timeout=120)
+        os.close(sub)
+        sub = -1
+        seen = b""
+        while True:
+            try:
+                chunk = os.read(main, 4096)
+            except OSError:
+                break
+            if not chunk:
+                break
+            seen += chunk
+    finally:
+        if sub >= 0:
+            os.close(sub)
+        os.close(main)
+    assert result.returncode == 0 and b"eval: batch 3/4" in seen
+    assert "eval: batch" not in ok(lwq("eval", *tiny_args(tiny), "--text", tiny / "text.txt")).stderr
+
+
+def test_inspect_shows_the_family_and_the_tokenizer(tiny, tmp_path):
+    out = ok(lwq("inspect", tiny / "model.pt")).stdout
+    assert f"family: llama ({tiny / 'config.json'})" in out
+    assert "tokenizer: llama2.c tokenizer.bin (" in out and "BOS 1, EOS 2" in out
+    got = json.loads(ok(lwq("inspect", tiny / "model.pt", "--json")).stdout)
+    assert got["family"] == "llama" and got["tokenizer"]["bos"] == 1 and got["tokenizer"]["eos"] == [2]
+    # Alone in a directory: said plainly. The weights' directory is searched too; --tokenizer names one.
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    (alone / "model.pt").write_bytes((tiny / "model.pt").read_bytes())
+    out = ok(lwq("inspect", alone / "model.pt")).stdout
+    assert f"family: not found (no config.json in {alone})" in out
+    assert "tokenizer: none found (no tokenizer.json, tokenizer.model or tokenizer.bin in" in out
+    got = json.loads(ok(lwq("inspect", alone / "model.pt", "--json")).stdout)
+    assert got["family"] is None and got["tokenizer"] is None
+    out = ok(lwq("inspect", alone / "model.pt", "--weights", tiny / "model.safetensors")).stdout
+    assert "family: llama" in out and "BOS 1, EOS 2" in out
+    hf = tmp_path / "hf"
+    hf.mkdir()
+    (hf / "config.json").write_text(json.dumps({"model_type": "qwen2", "architecture": "ignored"}))
+    (hf / "tokenizer.bin").write_bytes(b"\0\0")
+    out = ok(lwq("inspect", alone / "model.pt", "--weights", hf)).stdout
+    assert "family: qwen2" in out and f"tokenizer: found in {hf} but not read" in out
+    fails(lwq("inspect", alone / "model.pt", "--tokenizer", hf / "tokenizer.bin"), str(hf / "tokenizer.bin"))
+    out = ok(lwq("inspect", alone / "model.pt", "--tokenizer", tiny / "tokenizer.bin")).stdout
+    assert "BOS 1, EOS 2" in out
+
+
+def test_calibration_text_errors_name_the_file(tiny, tmp_path):
+    empty = tmp_path / "empty.txt"
+    empty.write_text(" \n\n \n")
+    base = ["quantize", "--model", tiny / "model.pt", "--weights", tiny / "model.safetensors", "--algo", "gptq",
+            "--tokenizer", tiny / "tokenizer.bin", "--out", tmp_path / "q.pt"]
+    fails(lwq(*base, "--calib", empty), f"the calibration text {empty} has no paragraphs")
+    fails(lwq(*base, "--calib", tiny / "text.txt", "--nsamples", 100, "--seq-len", 16),
+          f"the calibration text {tiny / 'text.txt'} gives", "fewer than --nsamples 100 x --seq-len 16")
+    ok(lwq(*base, "--calib", tiny / "text.txt", "--nsamples", 2, "--seq-len", 16, "--quiet"))
 
 
 # ----------------------------------------------------------------------------------------------------------------
