@@ -337,3 +337,14 @@ def test_real_nll_and_int8_rtn(stories, tmp_path):
     int8 = eval_json("--model", q, *common)
     assert int8["tokens"] == fp32["tokens"]
     assert 0 < abs(int8["nll"] - fp32["nll"]) < 0.002, (fp32, int8)
+
+
+def test_real_chunked_perplexity_matches_a_direct_computation(stories):
+    segments = llama2c.read_segments(str(TEXT), 100)
+    got = eval_json("--model", stories / "model.pt", "--weights", stories / "model.safetensors", "--tokenizer",
+                    TOKENIZER, "--text", TEXT, "--segments", 100, "--chunked", "--seq-len", 256, "--threads", 1,
+                    keys=CHUNKED_KEYS)
+    model = llama2c.load_model(str(STORIES)).eval()
+    nll, count, windows, tail = chunked_reference(model, llama2c.Tokenizer(str(TOKENIZER)), segments, 256)
+    assert (got["tokens"], got["windows"], got["tail_tokens"]) == (count, windows, tail) and windows > 10
+    assert got["nll"] == pytest.approx(nll, rel=1e-5)
