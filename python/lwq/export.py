@@ -1,18 +1,21 @@
-"""Export a Llama to lwq's model directory: a TorchScript archive with empty (meta) parameters plus the weights in
-safetensors, which `lwq quantize`, eval and generate read (README.md, "Exporting a Llama"; docs/evaluation.md).
+"""Export a model to lwq's model directory: a TorchScript archive with empty (meta) parameters plus the weights in
+safetensors, which `lwq quantize`, eval and generate read (README.md, "Exporting a Llama"; docs/model-contract.md).
 Run it as `/usr/bin/python3 -m lwq.export ...` (or through scripts/export_llama.py in a source checkout).
 
-Sources: a llama2.c legacy checkpoint (--llama2c FILE), a Hugging Face Llama directory (--hf DIR: config.json and
-model.safetensors or a sharded index; q/k rows are permuted from HF's rotate-half to llama2.c's adjacent-pair
-rotary order), or seeded random weights of a preset shape (--synthetic PRESET).
+Sources: a llama2.c legacy checkpoint (--llama2c FILE), a Hugging Face directory (--hf DIR: config.json and
+model.safetensors or a sharded index, bf16/fp16/fp32; model_type llama, mistral, qwen2, gemma2 or phi3, names and
+values kept as the checkpoint has them; docs/model-families.md), or seeded random weights of a preset shape
+(--synthetic PRESET). A model_type, rope_scaling type or option that lwq's model does not implement is refused.
 
 The directory written (--out DIR) holds:
-  model.pt          torch.jit.script of lwq.llama's LlamaModel with meta parameters (small); the rotary tables
-                    rope_cos / rope_sin are real buffers in it
+  model.pt          torch.jit.script of lwq.llama's model (LlamaModel for llama2c and synthetic, CausalLM for hf)
+                    with meta parameters (small); the rotary tables rope_cos / rope_sin are real buffers in it
   model.safetensors every parameter under its qualified name in the chosen dtype, or, above --shard-size bytes,
                     model-0000i-of-0000n.safetensors + model.safetensors.index.json (Hugging Face's weight_map)
   config.json       the shape and provenance (architecture, dim, hidden_dim, n_layers, n_heads, n_kv_heads,
-                    vocab_size, max_seq_len, norm_eps, rope_theta, tied_embeddings, dtype, source, ...)
+                    vocab_size, max_seq_len, norm_eps, rope_theta, tied_embeddings, dtype, source, ...; the
+                    family switches that differ from llama2.c's; for --hf also the original config's fields,
+                    model_type included)
 
 Streaming: one tensor at a time is read or generated, converted and appended to its file, so memory stays about the
 size of the largest tensor whatever the model size. The directory is built next to DIR under a temporary name and
@@ -415,8 +418,8 @@ def build_parser() -> argparse.ArgumentParser:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--llama2c", metavar="FILE", help="llama2.c legacy checkpoint (.bin; the 'ak42' version 1/2 "
                      "formats are refused)")
-    src.add_argument("--hf", metavar="DIR", help="Hugging Face Llama directory (config.json + model.safetensors "
-                     "or model.safetensors.index.json and shards)")
+    src.add_argument("--hf", metavar="DIR", help="Hugging Face directory (config.json + model.safetensors or "
+                     "model.safetensors.index.json and shards) of model_type " + ", ".join(HF_FAMILIES))
     src.add_argument("--synthetic", metavar="PRESET", choices=list(PRESETS),
                      help=f"seeded random weights of a preset shape: {', '.join(PRESETS)}")
     p.add_argument("--out", required=True, metavar="DIR", help="output directory (must not exist or be empty, "
