@@ -15,6 +15,7 @@ packages=(
   python3-pytest python3-numpy python3-venv
   libsentencepiece-dev            # SentencePiece tokenizer.model files
   libpcre2-dev                    # the pre-tokenizer split patterns of tokenizer.json (Unicode classes, lookahead)
+  libicu-dev                      # NFC/NFKC normalizers of tokenizer.json (Qwen2)
 )
 
 missing=()

@@ -1,18 +1,21 @@
-"""Export a Llama to lwq's model directory: a TorchScript archive with empty (meta) parameters plus the weights in
-safetensors, which `lwq quantize`, eval and generate read (README.md, "Exporting a Llama"; docs/evaluation.md).
+"""Export a model to lwq's model directory: a TorchScript archive with empty (meta) parameters plus the weights in
+safetensors, which `lwq quantize`, eval and generate read (README.md, "Exporting a Llama"; docs/model-contract.md).
 Run it as `/usr/bin/python3 -m lwq.export ...` (or through scripts/export_llama.py in a source checkout).
 
-Sources: a llama2.c legacy checkpoint (--llama2c FILE), a Hugging Face Llama directory (--hf DIR: config.json and
-model.safetensors or a sharded index; q/k rows are permuted from HF's rotate-half to llama2.c's adjacent-pair
-rotary order), or seeded random weights of a preset shape (--synthetic PRESET).
+Sources: a llama2.c legacy checkpoint (--llama2c FILE), a Hugging Face directory (--hf DIR: config.json and
+model.safetensors or a sharded index, bf16/fp16/fp32; model_type llama, mistral, qwen2, gemma2 or phi3, names and
+values kept as the checkpoint has them; docs/model-families.md), or seeded random weights of a preset shape
+(--synthetic PRESET). A model_type, rope_scaling type or option that lwq's model does not implement is refused.
 
 The directory written (--out DIR) holds:
-  model.pt          torch.jit.script of lwq.llama's LlamaModel with meta parameters (small); the rotary tables
-                    rope_cos / rope_sin are real buffers in it
+  model.pt          torch.jit.script of lwq.llama's model (LlamaModel for llama2c and synthetic, CausalLM for hf)
+                    with meta parameters (small); the rotary tables rope_cos / rope_sin are real buffers in it
   model.safetensors every parameter under its qualified name in the chosen dtype, or, above --shard-size bytes,
                     model-0000i-of-0000n.safetensors + model.safetensors.index.json (Hugging Face's weight_map)
   config.json       the shape and provenance (architecture, dim, hidden_dim, n_layers, n_heads, n_kv_heads,
-                    vocab_size, max_seq_len, norm_eps, rope_theta, tied_embeddings, dtype, source, ...)
+                    vocab_size, max_seq_len, norm_eps, rope_theta, tied_embeddings, dtype, source, ...; the
+                    family switches that differ from llama2.c's; for --hf also the original config's fields,
+                    model_type included)
 
 Streaming: one tensor at a time is read or generated, converted and appended to its file, so memory stays about the
 size of the largest tensor whatever the model size. The directory is built next to DIR under a temporary name and
@@ -34,7 +37,7 @@ from typing import Callable, Dict, Iterator, List, Optional
 import torch
 
 from . import llama2c, safetensors
-from .llama import LlamaConfig, LlamaModel, hf_to_adjacent_pairs, synthetic_blocks
+from .llama import LlamaConfig, build_model, synthetic_blocks
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
@@ -128,10 +131,89 @@ class Llama2cSource(Source):
             yield self.checkpoint.read(name, start, stop)
 
 
-class HfSource(Source):
-    """A Hugging Face LlamaForCausalLM directory: config.json + safetensors (one file or an index with shards)."""
+# Hugging Face model_type -> what lwq's model needs switched on for it (see hf_family_config for the per-family
+# checks). qwen3 is refused: transformers 4.51 (its first release) does not import on torch 1.13, so lwq has no
+# reference to check its q/k norms against.
+HF_FAMILIES = ("llama", "mistral", "qwen2", "gemma2", "phi3")
+HF_REFUSED_FAMILIES = {
+    "qwen3": "its per-head q/k RMSNorm is not implemented: transformers 4.51+, the first with Qwen3, does not "
+             "import on torch 1.13, so there is no reference to check it against",
+}
+SUPPORTED_ROPE = ("linear", "llama3")
 
-    SUPPORTED_ROPE = ("linear", "llama3")
+
+def hf_family_config(hf: Dict[str, object], what: str) -> LlamaConfig:
+    """lwq's config for a Hugging Face config.json dict; ExportError naming the field when the family, rotary
+    scaling or an option would change the math in a way lwq does not implement."""
+    model_type = hf.get("model_type")
+    if model_type in HF_REFUSED_FAMILIES:
+        raise ExportError(f"{what}: model_type {model_type!r} is not supported: {HF_REFUSED_FAMILIES[model_type]} "
+                          f"(supported: {', '.join(HF_FAMILIES)})")
+    if model_type not in HF_FAMILIES:
+        raise ExportError(f"{what}: model_type {model_type!r} is not supported (supported: {', '.join(HF_FAMILIES)})")
+
+    def refuse(field: str, value: object, supported: str) -> None:
+        raise ExportError(f"{what}: {model_type} with {field} {value!r} is not supported ({supported})")
+
+    act_field = "hidden_activation" if model_type == "gemma2" and hf.get("hidden_activation") else "hidden_act"
+    act = hf.get(act_field, "gelu_pytorch_tanh" if model_type == "gemma2" else "silu")
+    wanted_act = "gelu_pytorch_tanh" if model_type == "gemma2" else "silu"
+    if act != wanted_act:
+        refuse(act_field, act, f"supported: {wanted_act!r}")
+    biases = {"llama": ("attention_bias", "mlp_bias"), "mistral": ("attention_bias",), "phi3": ("attention_bias",),
+              "gemma2": ("attention_bias",), "qwen2": ()}[model_type]
+    for flag in biases:
+        if hf.get(flag):
+            refuse(flag, hf[flag], "lwq implements biases only on qwen2's q/k/v projections")
+    if float(hf.get("partial_rotary_factor", 1.0) or 1.0) != 1.0:
+        refuse("partial_rotary_factor", hf["partial_rotary_factor"], "supported: 1.0, rotary on the whole head")
+    scaling = hf.get("rope_scaling")
+    if scaling:
+        kind = scaling.get("rope_type", scaling.get("type")) if isinstance(scaling, dict) else scaling
+        if kind == "default":
+            scaling = None
+        elif kind not in SUPPORTED_ROPE:
+            raise ExportError(f"{what}: rope_scaling type {kind!r} is not supported "
+                              f"(supported: {', '.join(SUPPORTED_ROPE)})")
+    try:
+        dim, heads, layers = int(hf["hidden_size"]), int(hf["num_attention_heads"]), int(hf["num_hidden_layers"])
+        cfg = LlamaConfig(
+            dim=dim, hidden_dim=int(hf["intermediate_size"]), n_layers=layers, n_heads=heads,
+            n_kv_heads=int(hf.get("num_key_value_heads") or heads), vocab_size=int(hf["vocab_size"]),
+            max_seq_len=int(hf.get("max_position_embeddings", 2048)),
+            norm_eps=float(hf.get("rms_norm_eps", 1e-6)), rope_theta=float(hf.get("rope_theta", 10000.0)),
+            tied_embeddings=bool(hf.get("tie_word_embeddings", model_type == "gemma2")),
+            head_dim=int(hf.get("head_dim") or dim // heads), rope_scaling=scaling, layout="hf", rope_style="half")
+        window = int(hf.get("sliding_window") or 0)
+        if model_type in ("mistral", "phi3") and window:
+            # transformers' eager mask applies config.sliding_window to every layer.
+            cfg.sliding_windows = [window] * layers
+        elif model_type == "qwen2":
+            cfg.qkv_bias = True
+            # transformers 4.48's eager and sdpa attention ignore it (only flash attention applies it, from
+            # max_window_layers on): no reference lwq could be checked against.
+            if hf.get("use_sliding_window") and window and int(hf.get("max_window_layers", layers)) < layers:
+                refuse("use_sliding_window", True, "supported: false")
+        elif model_type == "gemma2":
+            cfg.norm_unit_offset = cfg.sandwich_norms = cfg.embed_scale = True
+            cfg.activation = "gelu_tanh"
+            cfg.query_pre_attn_scalar = float(hf.get("query_pre_attn_scalar") or cfg.head_dim)
+            cfg.attn_softcap = float(hf.get("attn_logit_softcapping") or 0.0)
+            cfg.final_softcap = float(hf.get("final_logit_softcapping") or 0.0)
+            if window:  # even layers slide (Gemma2DecoderLayer.is_sliding), odd ones see everything
+                cfg.sliding_windows = [window if i % 2 == 0 else 0 for i in range(layers)]
+        elif model_type == "phi3":
+            cfg.fused_qkv = cfg.fused_gate_up = True
+    except (KeyError, TypeError, ValueError) as e:
+        raise ExportError(f"{what}: missing or malformed field {e}") from None
+    return cfg
+
+
+class HfSource(Source):
+    """A Hugging Face *ForCausalLM directory (HF_FAMILIES): config.json + safetensors (one file or an index with
+    shards). Names and values are the checkpoint's own (the hf layout of lwq.llama)."""
+
+    SUPPORTED_ROPE = SUPPORTED_ROPE
 
     def __init__(self, directory: str):
         cfg_path = os.path.join(directory, "config.json")
@@ -140,31 +222,9 @@ class HfSource(Source):
                 hf = json.load(f)
         except (OSError, ValueError) as e:
             raise ExportError(f"{cfg_path}: cannot read the Hugging Face config: {e}") from None
-        model_type = hf.get("model_type", "llama")
-        if model_type != "llama":
-            raise ExportError(f"{cfg_path}: model_type {model_type!r} is not supported (only 'llama')")
-        for flag in ("attention_bias", "mlp_bias"):
-            if hf.get(flag):
-                raise ExportError(f"{cfg_path}: {flag} is true; the lwq Llama has no biases")
-        if hf.get("hidden_act", "silu") != "silu":
-            raise ExportError(f"{cfg_path}: hidden_act {hf['hidden_act']!r} is not supported (only 'silu')")
-        try:
-            dim, heads = int(hf["hidden_size"]), int(hf["num_attention_heads"])
-            self.config = LlamaConfig(
-                dim=dim, hidden_dim=int(hf["intermediate_size"]), n_layers=int(hf["num_hidden_layers"]),
-                n_heads=heads, n_kv_heads=int(hf.get("num_key_value_heads") or heads),
-                vocab_size=int(hf["vocab_size"]), max_seq_len=int(hf.get("max_position_embeddings", 2048)),
-                norm_eps=float(hf.get("rms_norm_eps", 1e-6)), rope_theta=float(hf.get("rope_theta", 10000.0)),
-                tied_embeddings=bool(hf.get("tie_word_embeddings", False)),
-                head_dim=int(hf.get("head_dim") or dim // heads), rope_scaling=hf.get("rope_scaling"))
-        except (KeyError, TypeError, ValueError) as e:
-            raise ExportError(f"{cfg_path}: missing or malformed field {e}") from None
-        scaling = self.config.rope_scaling
-        if scaling:
-            kind = scaling.get("rope_type", scaling.get("type"))
-            if kind not in self.SUPPORTED_ROPE:
-                raise ExportError(f"{cfg_path}: rope_scaling type {kind!r} is not supported "
-                                  f"(supported: {', '.join(self.SUPPORTED_ROPE)})")
+        if not isinstance(hf, dict):
+            raise ExportError(f"{cfg_path}: not a Hugging Face config (a JSON object)")
+        self.config = hf_family_config(hf, cfg_path)
         try:
             self.config.validate(cfg_path)
         except ValueError as e:
@@ -178,11 +238,12 @@ class HfSource(Source):
             raise ExportError(f"{e}{hint}") from None
         self.names = {name: self.hf_name(name) for name, _ in self.config.parameter_shapes()}
         expected = set(self.names.values())
+        # A tied checkpoint may hold lm_head.weight too: the embedding is what the model uses.
         unknown = sorted(n for n in self.store.names() if n not in expected and not n.endswith("rotary_emb.inv_freq")
                          and not (n == "lm_head.weight" and self.config.tied_embeddings))
         if unknown:
-            raise ExportError(f"{directory}: tensors a Llama does not have: {unknown[:5]}"
-                              f"{'...' if len(unknown) > 5 else ''}")
+            raise ExportError(f"{directory}: tensors a {hf['model_type']} of this config.json does not have: "
+                              f"{unknown[:5]}{'...' if len(unknown) > 5 else ''}")
         for name, shape in self.config.parameter_shapes():
             hf_name = self.names[name]
             if hf_name not in self.store:
@@ -197,23 +258,19 @@ class HfSource(Source):
         self.default_dtype = torch_dtype.get(hf.get("torch_dtype"), self.store.dtype("model.embed_tokens.weight"))
         if self.default_dtype not in DTYPE_NAMES:
             self.default_dtype = torch.float32
-        self.extra = {k: hf[k] for k in ("bos_token_id", "eos_token_id") if k in hf}
+        # The original config beside lwq's fields (lwq's win where the names meet; they mean the same there), so
+        # that the directory still says which family it is.
+        self.extra = {k: v for k, v in hf.items() if k not in self.config.to_json()}
 
     def hf_name(self, name: str) -> str:
-        if name == "lm_head.weight":
-            return "model.embed_tokens.weight" if self.config.tied_embeddings else name
-        return "model." + name
+        if name == "lm_head.weight" and self.config.tied_embeddings:
+            return "model.embed_tokens.weight"
+        return name
 
     def blocks(self, name: str) -> Iterator[torch.Tensor]:
         hf_name = self.names[name]
-        # q/k rows move within each head: permuted whole (at most dim x dim).
-        if name.endswith("self_attn.q_proj.weight"):
-            yield hf_to_adjacent_pairs(self.store.read(hf_name), self.config.n_heads)
-        elif name.endswith("self_attn.k_proj.weight"):
-            yield hf_to_adjacent_pairs(self.store.read(hf_name), self.config.n_kv_heads)
-        else:
-            for start, stop in row_ranges(self.store.shape(hf_name)):
-                yield self.store.read(hf_name, start, stop)
+        for start, stop in row_ranges(self.store.shape(hf_name)):
+            yield self.store.read(hf_name, start, stop)
 
 
 class SyntheticSource(Source):
@@ -268,7 +325,9 @@ def export(source: Source, out: str, dtype: torch.dtype, shard_size: int = DEFAU
     tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.tmp-", dir=parent)
     try:
         # The archive: the module tree and code with meta parameters, real rotary buffers.
-        scripted = torch.jit.script(LlamaModel(cfg, device="meta").eval())
+        if cfg.embed_scale:  # Hugging Face rounds sqrt(dim) to the dtype it computes in: the stored one
+            cfg.embed_dtype = str(dtype).replace("torch.", "")
+        scripted = torch.jit.script(build_model(cfg, device="meta").eval())
         scripted.save(os.path.join(tmp, "model.pt"))
         del scripted
 
@@ -350,7 +409,7 @@ def preset_table() -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="export_llama.py", description=__doc__.split("\n\n")[0] + "\n\n" + __doc__.split("\n\n")[1],
+        prog="python3 -m lwq.export", description=__doc__.split("\n\n")[0] + "\n\n" + __doc__.split("\n\n")[1],
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="synthetic presets:\n" + preset_table() + "\n\nexamples:\n"
                "  python3 -m lwq.export --llama2c ../shared/data/stories260K.bin --out /tmp/stories260K\n"
@@ -359,8 +418,8 @@ def build_parser() -> argparse.ArgumentParser:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--llama2c", metavar="FILE", help="llama2.c legacy checkpoint (.bin; the 'ak42' version 1/2 "
                      "formats are refused)")
-    src.add_argument("--hf", metavar="DIR", help="Hugging Face Llama directory (config.json + model.safetensors "
-                     "or model.safetensors.index.json and shards)")
+    src.add_argument("--hf", metavar="DIR", help="Hugging Face directory (config.json + model.safetensors or "
+                     "model.safetensors.index.json and shards) of model_type " + ", ".join(HF_FAMILIES))
     src.add_argument("--synthetic", metavar="PRESET", choices=list(PRESETS),
                      help=f"seeded random weights of a preset shape: {', '.join(PRESETS)}")
     p.add_argument("--out", required=True, metavar="DIR", help="output directory (must not exist or be empty, "
@@ -407,7 +466,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             f"as {DTYPE_NAMES[dtype]} to {args.out}")
         summary = export(source, args.out, dtype, args.shard_size, args.tokenizer, args.force, log)
     except ExportError as e:
-        print(f"export_llama.py: error: {e}", file=sys.stderr)
+        print(f"lwq.export: error: {e}", file=sys.stderr)
         return 1
     print(f"wrote {summary['out']}: {', '.join(summary['files'])}; model.pt "
           f"{human_bytes(summary['model_pt_bytes'])}, weights {human_bytes(summary['weight_bytes'])} "

@@ -82,7 +82,7 @@ void add_model_options(CLI::App& app, std::string& model, std::string& weights, 
       ->required();
   app.add_option("--weights", weights, "safetensors file or sharded directory filling the model's empty parameters")
       ->type_name("W");
-  app.add_option("--tokenizer", tokenizer, "llama2.c tokenizer.bin")->type_name("TOK")->required();
+  app.add_option("--tokenizer", tokenizer, "tokenizer.json, tokenizer.model, llama2.c tokenizer.bin, or a model directory")->type_name("TOK")->required();
 }
 
 CLI::Option* add_format_option(CLI::App& app, std::string& format, const std::string& description) {

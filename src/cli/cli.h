@@ -34,6 +34,7 @@ Command add_export(CLI::App& lwq);
 Command add_import(CLI::App& lwq);
 Command add_eval(CLI::App& lwq);
 Command add_generate(CLI::App& lwq);
+Command add_tokenize(CLI::App& lwq);
 
 // The help layout of every `lwq` app: "usage: <usage>", the description, the subcommands and the options by group;
 // `width` columns for the names.

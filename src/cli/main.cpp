@@ -49,7 +49,8 @@ int main(int argc, char** argv) {
   // To add a subcommand: write cmd_<name>.cpp with add_<name>, declare it in cli.h, add one line here.
   const std::vector<Command> commands = {lwq::cli::add_quantize(lwq), lwq::cli::add_inspect(lwq),
                                          lwq::cli::add_export(lwq),   lwq::cli::add_import(lwq),
-                                         lwq::cli::add_eval(lwq),     lwq::cli::add_generate(lwq)};
+                                         lwq::cli::add_eval(lwq),     lwq::cli::add_generate(lwq),
+                                         lwq::cli::add_tokenize(lwq)};
   std::vector<std::string> command_names;
   for (const Command& c : commands) command_names.push_back(c.app->get_name());
 

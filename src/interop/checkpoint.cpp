@@ -278,12 +278,9 @@ T json_field(const json& j, const char* key, const T& fallback, bool required, c
   }
 }
 
-struct GptqCheckpoint {
-  GptqScheme scheme;
-  std::map<std::string, std::string> dtypes;  // prefix -> lwq dtype, when quantize_config.json names one
-};
+}  // namespace
 
-GptqCheckpoint read_gptq_config(const std::string& checkpoint_path) {
+GptqCheckpointConfig read_gptq_config(const std::string& checkpoint_path) {
   const fs::path dir = fs::is_directory(checkpoint_path) ? fs::path(checkpoint_path) : fs::path(checkpoint_path).parent_path();
   const std::string path = (dir / kGptqConfigFile).string();
   TORCH_CHECK(fs::is_regular_file(path), "import: the GPTQ checkpoint ", checkpoint_path, " has no ", kGptqConfigFile,
@@ -292,7 +289,7 @@ GptqCheckpoint read_gptq_config(const std::string& checkpoint_path) {
   TORCH_CHECK(j.is_object(), "import: ", path, " must hold a JSON object");
   const std::string method = json_field<std::string>(j, "quant_method", "gptq", false, path);
   TORCH_CHECK(method == "gptq", "import: ", path, " has quant_method \"", method, "\", expected \"gptq\"");
-  GptqCheckpoint c;
+  GptqCheckpointConfig c;
   GptqScheme& s = c.scheme;
   s.bits = json_field<int>(j, "bits", 4, true, path);
   s.group_size = json_field<int64_t>(j, "group_size", -1, true, path);
@@ -313,6 +310,8 @@ GptqCheckpoint read_gptq_config(const std::string& checkpoint_path) {
   }
   return c;
 }
+
+namespace {
 
 // Plain-format layer metadata, by prefix.
 struct PlainLayerInfo {
@@ -428,7 +427,7 @@ ImportResult import_checkpoint(const ImportConfig& config) {
   };
 
   if (config.format == CheckpointFormat::Gptq) {
-    const GptqCheckpoint gc = read_gptq_config(ckpt);
+    const GptqCheckpointConfig gc = read_gptq_config(ckpt);
     // Quantized layers: every "<prefix>.qweight" of the checkpoint, taken in the model's layer order.
     const std::string suffix = ".qweight";
     std::set<std::string> prefixes;

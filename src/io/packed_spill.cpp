@@ -37,7 +37,7 @@ PackedSpill::~PackedSpill() {
   if (fd_ >= 0) ::close(fd_);  // the mappings keep the file alive while packed weights use it
 }
 
-at::Tensor PackedSpill::spill_tensor(const at::Tensor& t) {
+at::Tensor PackedSpill::spill(const at::Tensor& t) {
   const at::Tensor src_t = t.contiguous();
   const int64_t n = src_t.numel() * static_cast<int64_t>(src_t.element_size());
   if (n == 0) return t;
@@ -46,7 +46,7 @@ at::Tensor PackedSpill::spill_tensor(const at::Tensor& t) {
   const auto* src = static_cast<const char*>(src_t.data_ptr());
   for (int64_t done = 0; done < n;) {
     const ssize_t wrote = ::pwrite(fd_, src + done, static_cast<size_t>(n - done), offset + done);
-    TORCH_CHECK(wrote > 0, "cannot write packed weights to the spill file ", path_, " (", offset + n,
+    TORCH_CHECK(wrote > 0, "cannot write to the spill file ", path_, " (", offset + n,
                 " bytes): ", std::strerror(errno));
     done += wrote;
   }
@@ -73,10 +73,10 @@ at::Tensor PackedSpill::spill_tensor(const at::Tensor& t) {
 
 PackedWeightPtr PackedSpill::spill(const PackedWeightPtr& w) {
   PackedWeight::State state = w->state();
-  std::get<6>(state) = spill_tensor(std::get<6>(state));
-  std::get<7>(state) = spill_tensor(std::get<7>(state));
-  if (std::get<8>(state)) std::get<8>(state) = spill_tensor(*std::get<8>(state));
-  if (std::get<9>(state)) std::get<9>(state) = spill_tensor(*std::get<9>(state));
+  std::get<6>(state) = spill(std::get<6>(state));
+  std::get<7>(state) = spill(std::get<7>(state));
+  if (std::get<8>(state)) std::get<8>(state) = spill(*std::get<8>(state));
+  if (std::get<9>(state)) std::get<9>(state) = spill(*std::get<9>(state));
   PackedWeightPtr spilled = PackedWeight::from_state(state);
   drop_resident();  // from_state validated the scales and zero points by reading them
   return spilled;

@@ -66,7 +66,9 @@ CallerGraph caller_graph(const jit::Module& root, const BlockList& blocks) {
       if (!module_path(n->input(0), self, path) || path.size() >= list_path.size()) continue;
       if (!std::equal(path.begin(), path.end(), list_path.begin())) continue;
       const auto type = n->input(0)->type()->expect<c10::ClassType>();
-      jit::inlineCallTo(n, &jit::toGraphFunction(type->getMethod(n->s(c10::attr::name))));
+      // false: the callee's own graph. The default inlines its optimized graph, where every call is inlined, the
+      // block calls included, which leaves none to find when forward reaches them through self.hidden().
+      jit::inlineCallTo(n, &jit::toGraphFunction(type->getMethod(n->s(c10::attr::name))), false);
       changed = true;
       break;
     }

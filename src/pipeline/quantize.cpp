@@ -93,7 +93,13 @@ QuantizeResult quantize_model(const QuantizeConfig& config) {
     }
     const at::Tensor current = slot.value();
     if (source.from_store(slot.name)) {
-      slot.set(source.load(slot.name, current));
+      at::Tensor value = source.load(slot.name, current);
+      // Large float tensors leave the heap as the packed weights do, so that the embedding and an untied head are
+      // not resident together (in fp32 they are 1 GiB for Mistral-7B, more than two blocks in bf16).
+      if (spill && value.numel() * static_cast<int64_t>(value.element_size()) >= (int64_t{16} << 20)) {
+        value = spill->spill(value);
+      }
+      slot.set(value);
       ++result.params_from_store;
     } else {
       ++result.params_from_archive;

@@ -141,7 +141,7 @@ def test_help_of_every_command():
 def test_docs_cli_page_is_the_help():
     """docs/cli.md holds the help of every command as the program prints it."""
     page = (SOURCE_DIR / "docs" / "cli.md").read_text()
-    for command in ["", "quantize", "inspect", "export", "import", "eval", "generate"]:
+    for command in ["", "quantize", "inspect", "export", "import", "eval", "generate", "tokenize"]:
         heading = f"## lwq {command}".rstrip() + "\n\n```\n"
         assert heading in page, heading
         documented = page.split(heading, 1)[1].split("```", 1)[0]

@@ -2,6 +2,8 @@
 // (LWQ_CPU, or set_level). The only place that chooses between implementations.
 #include "dispatch.h"
 
+#include <cpuid.h>
+
 #include <algorithm>
 #include <atomic>
 #include <cstdio>
@@ -91,16 +93,23 @@ int resolved_level() {
 
 }  // namespace
 
+// F16C and AVX-VNNI straight from CPUID: clang's __builtin_cpu_supports knows neither name (gcc's does).
+static bool cpuid_bit(unsigned leaf, unsigned subleaf, int reg, unsigned bit) {
+  unsigned r[4] = {0, 0, 0, 0};
+  if (!__get_cpuid_count(leaf, subleaf, &r[0], &r[1], &r[2], &r[3])) return false;
+  return (r[reg] >> bit) & 1u;
+}
+
 bool cpu_has_avx2_fma() {
   static const bool ok = [] {
     __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && cpuid_bit(1, 0, 2, 29);  // ECX.F16C
   }();
   return ok;
 }
 
 bool cpu_has_avx_vnni() {
-  static const bool ok = cpu_has_avx2_fma() && __builtin_cpu_supports("avxvnni");
+  static const bool ok = cpu_has_avx2_fma() && cpuid_bit(7, 1, 0, 4);  // CPUID.(7,1):EAX.AVX-VNNI
   return ok;
 }
 

@@ -1,6 +1,6 @@
 // W8A8 GEMM with AVX-VNNI (VEX vpdpbusd: 4 u8 x s8 products summed into each int32 lane, no saturation), for
 // blocks of rows; the kernel table's choice (dispatch.h) from level avx_vnni up where the CPU has it. The file is
-// compiled with the AVX2 flags of every *_avx2.cpp; the pragma below adds AVX-VNNI to its functions only.
+// compiled with the AVX2 flags of every *_avx2.cpp plus -mavxvnni (CMakeLists.txt), which no other file gets.
 //
 // vpdpbusd needs one unsigned and one signed operand. Weights become s8 q = c - 128 (one XOR). Activations
 // d = xq - zp (int16, |d| <= 255, any sign) become u8 per row: xu = d + o with o = -min_k d (a row's values span
@@ -14,7 +14,6 @@
 // 4 bytes of one quad of each row side by side, one sequential stream); for each pair of weight tiles, K is
 // walked in chunks of 512 columns whose codes stay in L1 while every panel's register tile (6 rows x 16 columns,
 // 12 accumulators) passes over them, the int32 partial sums parked in a small buffer between chunks.
-#pragma GCC target("avxvnni")
 
 #include <immintrin.h>
 

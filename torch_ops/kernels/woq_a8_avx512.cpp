@@ -4,7 +4,7 @@
 // activations and adds groups of 4 products into int32 lanes: per unit and pair, 3 decode ops and 2 VNNI ops
 // where AVX2 needs, per tile, 3 decode ops, 2 `maddubs` and 2 adds. The block sums are the same exact integers,
 // and the fp32 steps (zero-point correction, d * I, scale * acc) are the AVX2 loop's, so the bits are the same.
-#pragma GCC target("avx512vnni")
+// Compiled with -mavx512vnni (CMakeLists.txt): the table picks it only where the CPU has AVX512-VNNI.
 #include <cstring>
 
 #include "avx512_common.h"

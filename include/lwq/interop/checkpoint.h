@@ -12,6 +12,7 @@
 // archive. Outputs are written atomically; errors name the file, tensor or layer.
 #pragma once
 
+#include <map>
 #include <string>
 #include <vector>
 
@@ -64,6 +65,16 @@ struct ImportResult {
   int64_t params_from_model = 0;       // kept with the values the model archive holds
   std::vector<std::string> unused;     // checkpoint tensors no parameter or layer of the model took
 };
+
+// What quantize_config.json says: the model-wide scheme and, when lwq wrote it, each layer's lwq dtype.
+struct GptqCheckpointConfig {
+  GptqScheme scheme;
+  std::map<std::string, std::string> dtypes;  // layer prefix -> lwq dtype (e.g. int4_fullrange)
+};
+// Reads quantize_config.json of a GPTQ checkpoint directory (or of the directory of its .safetensors file);
+// throws naming the file for a missing file, bad JSON, quant_method other than gptq, bits or group size lwq cannot
+// read.
+GptqCheckpointConfig read_gptq_config(const std::string& checkpoint_path);
 
 // Every quantized layer of the checkpoint must be a quantizable linear of the model with the same shape, and every
 // parameter that the model archive leaves empty must be in the checkpoint; otherwise throws naming it.

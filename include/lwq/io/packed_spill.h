@@ -23,6 +23,9 @@ class PackedSpill {
   // An equal PackedWeight whose tensors live in the spill file (the argument is not modified). Its pages are not
   // left resident.
   PackedWeightPtr spill(const PackedWeightPtr& w);
+  // An equal tensor backed by the spill file, for large float tensors the output keeps (an untied head and the
+  // embedding are each bigger than a 7B block's float weights in fp32). Read-only: writing into it faults.
+  at::Tensor spill(const at::Tensor& t);
   // Unmaps from this process every spilled page read so far (they stay in the page cache): a reader of all the
   // packed weights, such as the archive writer, calls this as it goes so that they never add up in its RSS.
   void drop_resident();
@@ -31,8 +34,6 @@ class PackedSpill {
   struct Mappings;  // live mappings, shared with the tensors' deleters
 
  private:
-  at::Tensor spill_tensor(const at::Tensor& t);
-
   std::string path_;  // for messages
   int fd_ = -1;
   int64_t size_ = 0;

@@ -52,6 +52,7 @@ class Llama2cTokenizer : public Tokenizer {
   int32_t max_token_length() const { return max_token_length_; }
   // The id of a piece, or -1 (the first id when the vocabulary repeats a piece, as the Python reference does).
   int64_t piece_id(const std::string& piece) const;
+  int64_t token_id(const std::string& token) const override { return piece_id(token); }
 
  private:
   Llama2cTokenizer();

@@ -33,6 +33,9 @@ class Tokenizer {
   // The text of `ids`, special ids (BOS, EOS, control tokens) skipped; throws naming an id outside the vocabulary.
   virtual std::string decode(const std::vector<int64_t>& ids) const = 0;
   virtual int64_t vocab_size() const = 0;
+  // The id of a token spelled `token` in the vocabulary (special tokens included), or -1: how the configs' bos_token
+  // and eos_token strings become ids.
+  virtual int64_t token_id(const std::string& token) const = 0;
   // What was read, for `lwq inspect` and messages, e.g. "tokenizer.json (byte-level BPE, 50257 tokens) /path".
   virtual std::string describe() const = 0;
 
@@ -48,7 +51,10 @@ class Tokenizer {
   SpecialTokens special_;
 };
 
-// Reads the tokenizer at `path` (a file of any format above, or a model directory); throws c10::Error naming the
+// Reads the tokenizer at `path`: a file (by name: *.json is a Hugging Face tokenizer.json, *.model a SentencePiece
+// model, anything else llama2.c's format) or a model directory, where tokenizer.json, then tokenizer.model, then
+// tokenizer.bin is taken. tokenizer_config.json (add_bos_token, bos_token, eos_token) and generation_config.json
+// (bos_token_id, eos_token_id) in the same directory, when present, set special(). Throws c10::Error naming the
 // file and what is wrong, or, for a directory without a tokenizer, the names looked for.
 std::unique_ptr<Tokenizer> load_tokenizer(const std::string& path);
 
