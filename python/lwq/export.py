@@ -12,6 +12,9 @@ The directory written (--out DIR) holds:
                     with meta parameters (small); the rotary tables rope_cos / rope_sin are real buffers in it
   model.safetensors every parameter under its qualified name in the chosen dtype, or, above --shard-size bytes,
                     model-0000i-of-0000n.safetensors + model.safetensors.index.json (Hugging Face's weight_map)
+  tokenizer files   --hf: the checkpoint's tokenizer.json, tokenizer.model, tokenizer_config.json,
+                    special_tokens_map.json and generation_config.json, copied as they are (the tool's
+                    --tokenizer DIR reads them)
   config.json       the shape and provenance (architecture, dim, hidden_dim, n_layers, n_heads, n_kv_heads,
                     vocab_size, max_seq_len, norm_eps, rope_theta, tied_embeddings, dtype, source, ...; the
                     family switches that differ from llama2.c's; for --hf also the original config's fields,
@@ -108,6 +111,9 @@ class Source:
     description: str
     default_dtype: torch.dtype
     extra: Dict[str, object]  # added to config.json
+    # Files copied into the model directory as they are (a Hugging Face checkpoint's tokenizer and its configs), so
+    # that `--tokenizer DIR` of the tool finds them beside the model.
+    companions: List[str] = []
 
     def blocks(self, name: str) -> Iterator[torch.Tensor]:
         """Parameter `name` as row blocks, in order (any float dtype; converted by the exporter)."""
@@ -209,6 +215,11 @@ def hf_family_config(hf: Dict[str, object], what: str) -> LlamaConfig:
     return cfg
 
 
+# The tokenizer files and generation settings of a Hugging Face directory.
+HF_COMPANIONS = ["tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
+                 "generation_config.json"]
+
+
 class HfSource(Source):
     """A Hugging Face *ForCausalLM directory (HF_FAMILIES): config.json + safetensors (one file or an index with
     shards). Names and values are the checkpoint's own (the hf layout of lwq.llama)."""
@@ -254,6 +265,8 @@ class HfSource(Source):
                 raise ExportError(f"{self.store.file_of(hf_name).path}: tensor '{hf_name}' has shape {list(got)}, "
                                   f"config.json implies {list(shape)}")
         self.description = f"hf {os.path.abspath(directory)}"
+        self.companions = [os.path.join(directory, n) for n in HF_COMPANIONS
+                           if os.path.isfile(os.path.join(directory, n))]
         torch_dtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
         self.default_dtype = torch_dtype.get(hf.get("torch_dtype"), self.store.dtype("model.embed_tokens.weight"))
         if self.default_dtype not in DTYPE_NAMES:
@@ -355,6 +368,8 @@ def export(source: Source, out: str, dtype: torch.dtype, shard_size: int = DEFAU
 
         if tokenizer is not None:
             shutil.copyfile(tokenizer, os.path.join(tmp, "tokenizer.bin"))
+        for path in source.companions:
+            shutil.copyfile(path, os.path.join(tmp, os.path.basename(path)))
         config = cfg.to_json()
         config.update({
             "dtype": DTYPE_NAMES[dtype],
@@ -386,7 +401,7 @@ def export(source: Source, out: str, dtype: torch.dtype, shard_size: int = DEFAU
         raise
     weight_bytes = sum(os.path.getsize(os.path.join(out, f)) for f in files)
     return {"out": out, "files": ["model.pt"] + files + ["config.json"]
-            + (["tokenizer.bin"] if tokenizer else []),
+            + (["tokenizer.bin"] if tokenizer else []) + [os.path.basename(p) for p in source.companions],
             "model_pt_bytes": os.path.getsize(os.path.join(out, "model.pt")), "weight_bytes": weight_bytes,
             "n_parameters": cfg.parameter_count(), "seconds": time.perf_counter() - start,
             "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}

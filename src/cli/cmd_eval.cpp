@@ -47,7 +47,7 @@ int run(Eval& e) {
       out["text_tokens"] = r.text_tokens;
       out["tail_tokens"] = r.tail_tokens;
     }
-    std::cout << out.dump() << std::endl;
+    std::cout << out.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << std::endl;
   } else if (e.config.chunked) {
     std::cout << "mean NLL " << r.nll << " nats/token, perplexity " << r.perplexity() << " over " << r.tokens
               << " scored tokens of " << r.windows << " windows of " << r.seq_len << " tokens (" << r.text_tokens

@@ -85,7 +85,7 @@ int run(const Inspect& i) {
   if (i.json) {
     nlohmann::ordered_json j = to_json(summary);
     j.update(to_json(info));
-    std::cout << j.dump() << std::endl;
+    std::cout << j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << std::endl;
   } else {
     model::print_summary(std::cout, summary);
     print_info(std::cout, info);

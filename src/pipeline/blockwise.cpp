@@ -72,7 +72,16 @@ std::map<std::string, model::PackedLinear> quantize_blockwise(const QuantizeConf
     result.quantized.push_back(describe_layer(t->name, t->shape, p, report));
   }
 
-  const int64_t n_blocks = static_cast<int64_t>(blocks.blocks.size());
+  // Blocks after the last one holding a layer to quantize need no calibration pass: they stay float and get their
+  // values with the other float parameters at the end (quantize.cpp). A --config that quantizes the first blocks
+  // of a 32-block model runs only those.
+  int64_t n_blocks = 0;
+  for (int64_t b = 0; b < static_cast<int64_t>(blocks.blocks.size()); ++b) {
+    for (const auto& t : target_names) {
+      if (block_of(t.first) == blocks.blocks[static_cast<size_t>(b)]) n_blocks = b + 1;
+    }
+  }
+  if (n_blocks == 0) return packed;
   if (state.done() == 0) {
     model::BlockInputCapture capture(module, blocks);
     const at::NoGradGuard no_grad;

@@ -63,11 +63,14 @@ void check_config(const QuantizeConfig& config) {
   TORCH_CHECK(config.calib_tensors.empty() || config.calib_text.empty(),
               "quantize: give --calib-tensors or --calib, not both");
   for (const auto& file : std::vector<std::pair<const char*, std::string>>{
-           {"calibration file", config.calib_tensors}, {"calibration text", config.calib_text},
-           {"tokenizer", config.tokenizer_path}}) {
+           {"calibration file", config.calib_tensors}, {"calibration text", config.calib_text}}) {
     TORCH_CHECK(file.second.empty() || fs::is_regular_file(file.second), "quantize: ", file.first, " ", file.second,
                 " is not a readable file");
   }
+  // A tokenizer is a file or a model directory (text::load_tokenizer).
+  TORCH_CHECK(config.tokenizer_path.empty() || fs::is_regular_file(config.tokenizer_path) ||
+                  fs::is_directory(config.tokenizer_path),
+              "quantize: tokenizer ", config.tokenizer_path, " is neither a readable file nor a model directory");
   TORCH_CHECK(config.nsamples >= 0, "quantize: --nsamples must be >= 0, got ", config.nsamples);
   // Before any work: the outputs can be written and none of them is an input (by file identity).
   const std::vector<io::NamedInput> inputs = {{"--model", config.model_path},

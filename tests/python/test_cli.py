@@ -209,7 +209,7 @@ def test_missing_tokenizer_and_calibration_text_are_named_as_such(models, tmp_pa
     base = ["quantize", "--model", models / "scripted.pt", "--weights", models / "scripted.safetensors", "--algo",
             "gptq", "--out", tmp_path / "q.pt"]
     fails(lwq(*base, "--calib", text, "--tokenizer", tmp_path / "tok.bin"),
-          f"tokenizer {tmp_path / 'tok.bin'} is not a readable file")
+          f"tokenizer {tmp_path / 'tok.bin'} is neither a readable file nor a model directory")
     fails(lwq(*base, "--calib", tmp_path / "none.txt", "--tokenizer", text),
           f"calibration text {tmp_path / 'none.txt'} is not a readable file")
 
