@@ -272,3 +272,30 @@ def test_offloaded_activations_give_the_same_bytes(models, calibrated, tmp_path)
     quantize(models, calibrated, tmp_path / "disk.pt", "awq", "--group-size", "32", "--offload-dir", offload)
     assert (tmp_path / "memory.pt").read_bytes() == (tmp_path / "disk.pt").read_bytes()
     assert list(offload.iterdir()) == []  # its files are removed at the end
+
+
+def test_blocks_after_the_last_quantized_one_are_not_run(models, calibrated, tmp_path):
+    """Quantizing only block 0 runs one block (not all of them) and gives block 0 the packed weights of a full run:
+    its calibration inputs do not depend on the blocks after it. The other blocks stay float, with their values."""
+    base = ["quantize", "--model", models / "scripted.pt", "--weights", models / "scripted.safetensors", "--algo",
+            "gptq", "--group-size", "32", "--calib-tensors", calibrated / "calib.safetensors"]
+    rules = tmp_path / "first.json"
+    rules.write_text(json.dumps({"include": ["^layers\\.0\\."]}))
+    first = lwq(*base, "--config", rules, "--out", tmp_path / "first.pt", "--report", tmp_path / "first.json")
+    assert first.returncode == 0, first.stderr
+    assert "[block 1/1] layers.0" in first.stderr and "block 2/" not in first.stderr
+    full = lwq(*base, "--out", tmp_path / "full.pt", "--quiet")
+    assert full.returncode == 0, full.stderr
+    for name in ("first", "full"):
+        assert lwq("export", "--format", "safetensors", tmp_path / f"{name}.pt", "--out",
+                   tmp_path / f"{name}.safetensors").returncode == 0
+    a = read_safetensors(tmp_path / "first.safetensors")[0]
+    b = read_safetensors(tmp_path / "full.safetensors")[0]
+    block0 = [n for n in a if n.startswith("layers.0.")]
+    assert any(n.endswith(".qweight") for n in block0)
+    for n in block0:
+        assert torch.equal(a[n], b[n]), n
+    # A later block stays float, with the checkpoint's values.
+    weights = read_safetensors(models / "scripted.safetensors")[0]
+    later = [n for n in weights if n.startswith(f"layers.{make_test_models.SCRIPTED_BLOCKS - 1}.")]
+    assert later and all(torch.equal(a[n], weights[n]) for n in later)
