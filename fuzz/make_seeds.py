@@ -3,9 +3,9 @@
 regression inputs of the crashes issue 19 reported (fuzz/regressions/NAME/). Run it again after changing a
 format; the files are committed.
 
-  LWQ_BUILD_DIR=build /usr/bin/python3 fuzz/make_seeds.py
+  LWQ_BUILD_DIR=build .venv/bin/python fuzz/make_seeds.py
 
-Needs the built liblwq_ops.so (packed states are made by lwq's own quantizer). Deterministic (fixed seeds)."""
+Needs the built liblwq_ops.so (and tokenizers, sentencepiece from .venv for the tokenizer seeds) (packed states are made by lwq's own quantizer). Deterministic (fixed seeds)."""
 
 import json
 import os
@@ -161,6 +161,63 @@ def gptq_seeds() -> None:
         struct.pack("<I", len(config)) + config + safetensors_bytes({}))
 
 
+SENTENCES = ["Once upon a time there was a small robot.", "It liked to count: 1, 2, 3, 42 and 1000!",
+             "The cat sat on the mat, and the dog ran after the ball.", "Caf\u00e9 na\u00efve \u65e5\u672c\u8a9e "
+             "\U0001F600 emoji", "  spaces\tand\ttabs\n\nnew lines  "] * 20
+
+
+def hf_tokenizer_seeds() -> None:
+    """tokenizer.json files of both kinds real models use, trained here on the sentences above."""
+    try:
+        import tokenizers
+        from tokenizers import decoders, models, normalizers, pre_tokenizers, trainers
+    except ImportError:
+        print("hf_tokenizer_json: tokenizers is not importable (run with .venv/bin/python); seeds left as they are")
+        return
+    d = os.path.join(CORPUS, "hf_tokenizer_json")
+    byte_level = tokenizers.Tokenizer(models.BPE())
+    byte_level.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    byte_level.decoder = decoders.ByteLevel()
+    byte_level.train_from_iterator(SENTENCES, trainers.BpeTrainer(
+        vocab_size=300, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    put(d, "byte_level", byte_level.to_str().encode())
+    split = tokenizers.Tokenizer(models.BPE(ignore_merges=True))
+    split.normalizer = normalizers.NFC()
+    split.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(tokenizers.Regex(r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}|"
+                                              r" ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"),
+                             behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    split.decoder = decoders.ByteLevel()
+    split.train_from_iterator(SENTENCES, trainers.BpeTrainer(
+        vocab_size=300, special_tokens=["<|begin_of_text|>", "<|eot_id|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    put(d, "llama3_split", split.to_str().encode())
+    metaspace = tokenizers.Tokenizer(models.BPE(byte_fallback=True, unk_token="<unk>", fuse_unk=True))
+    metaspace.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="first")
+    metaspace.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(),
+                                           decoders.Fuse(), decoders.Strip(" ", 1, 0)])
+    metaspace.train_from_iterator(SENTENCES, trainers.BpeTrainer(
+        vocab_size=400, special_tokens=["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)]))
+    put(d, "metaspace_byte_fallback", metaspace.to_str().encode())
+
+
+def sentencepiece_seeds() -> None:
+    try:
+        import io
+        import sentencepiece
+    except ImportError:
+        print("sentencepiece_model: sentencepiece is not importable (run with .venv/bin/python); seeds left as they are")
+        return
+    for kind in ("bpe", "unigram"):
+        model = io.BytesIO()
+        sentencepiece.SentencePieceTrainer.train(sentence_iterator=iter(SENTENCES), model_writer=model,
+                                                 vocab_size=320, model_type=kind, byte_fallback=True, hard_vocab_limit=False,
+                                                 normalization_rule_name="identity",
+                                                 minloglevel=2)
+        put(os.path.join(CORPUS, "sentencepiece_model"), kind, model.getvalue())
+
+
 def main() -> int:
     torch.ops.load_library(os.path.join(BUILD, "lib", "liblwq_ops.so"))
     safetensors_seeds()
@@ -168,6 +225,8 @@ def main() -> int:
     config_seeds()
     packed_state_seeds(torch.ops.lwq)
     gptq_seeds()
+    hf_tokenizer_seeds()
+    sentencepiece_seeds()
     for top in (CORPUS, REGRESSIONS):
         for name in sorted(os.listdir(top)):
             print(f"{os.path.relpath(os.path.join(top, name), ROOT)}: {len(os.listdir(os.path.join(top, name)))} files")

@@ -1,4 +1,4 @@
-// Generation over the model's key/value cache (MODEL_CONTRACT.md), with run.c's stopping rules and sampler.
+// Generation over the model's key/value cache (docs/model-contract.md), with run.c's stopping rules and sampler.
 #include "lwq/text/generate.h"
 
 #include <algorithm>
@@ -21,7 +21,7 @@ double seconds_since(Clock::time_point t) { return std::chrono::duration<double>
 torch::jit::Method method_of(torch::jit::Module& model, const std::string& name) {
   const auto m = model.find_method(name);
   TORCH_CHECK(m.has_value(), "the model has no method '", name, "': generation needs init_cache and forward_cached ",
-              "(MODEL_CONTRACT.md; scripts/export_llama.py writes such models)");
+              "(docs/model-contract.md; python3 -m lwq.export writes such models)");
   return *m;
 }
 

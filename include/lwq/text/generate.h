@@ -1,4 +1,4 @@
-// Text generation with a TorchScript model of MODEL_CONTRACT.md (init_cache / forward_cached), following llama2.c's
+// Text generation with a TorchScript model of docs/model-contract.md (init_cache / forward_cached), following llama2.c's
 // run.c: `steps` counts positions, prompt included; prompt tokens after the first are emitted as they are forced,
 // then tokens are chosen (argmax at temperature 0, else sampled) until `steps` positions have run, `max_tokens`
 // tokens were chosen, or BOS comes out. run.c stops only at BOS; with stop_at_eos (default) any EOS id also ends
