@@ -23,6 +23,17 @@ double seconds_since(std::chrono::steady_clock::time_point start) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 }
 
+// Rows of the model's first embedding (its vocabulary), or -1 when it has none: token ids past it are refused
+// before a forward fails on them.
+int64_t embedding_rows(const torch::jit::Module& module) {
+  for (const auto& item : module.named_modules()) {
+    const auto type = item.value.type()->name();
+    const bool embedding = type && type->name() == "Embedding";
+    if (embedding && item.value.hasattr("weight")) return item.value.attr("weight").toTensor().size(0);
+  }
+  return -1;
+}
+
 }  // namespace
 
 std::map<std::string, model::PackedLinear> quantize_blockwise(const QuantizeConfig& config, torch::jit::Module& module,
@@ -36,7 +47,7 @@ std::map<std::string, model::PackedLinear> quantize_blockwise(const QuantizeConf
   const model::BlockList blocks = model::find_blocks(module, config.blocks);
   result.blocks = blocks.list;
   result.block_count = static_cast<int64_t>(blocks.blocks.size());
-  std::vector<Args> samples = calibration_inputs(config);
+  std::vector<Args> samples = calibration_inputs(config, embedding_rows(module));
   result.calibration_samples = static_cast<int64_t>(samples.size());
 
   std::map<std::string, model::PackedLinear> packed;

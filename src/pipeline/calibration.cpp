@@ -48,10 +48,29 @@ std::vector<Args> text_calibration(const QuantizeConfig& config) {
   return out;
 }
 
+// The first id of `t` [N, L...] outside [0, vocab) as "sample i, position j: id", or "".
+std::string first_bad_id(const at::Tensor& t, int64_t vocab) {
+  const at::Tensor bad = vocab > 0 ? (t < 0).logical_or(t >= vocab) : (t < 0);
+  if (!bad.any().item<bool>()) return "";
+  const at::Tensor where = bad.reshape({t.size(0), -1}).nonzero()[0];
+  const int64_t i = where[0].item<int64_t>(), j = where[1].item<int64_t>();
+  return "sample " + std::to_string(i) + ", position " + std::to_string(j) + ": id " +
+         std::to_string(t.reshape({t.size(0), -1})[i][j].item<int64_t>());
+}
+
 }  // namespace
 
-std::vector<Args> calibration_inputs(const QuantizeConfig& config) {
-  if (!config.calib_text.empty()) return text_calibration(config);
+std::vector<Args> calibration_inputs(const QuantizeConfig& config, int64_t vocab) {
+  if (!config.calib_text.empty()) {
+    std::vector<Args> windows = text_calibration(config);
+    std::vector<at::Tensor> rows;
+    for (const Args& a : windows) rows.push_back(a[0].toTensor());
+    const std::string bad = first_bad_id(at::cat(rows), vocab);  // "sample i" is window i
+    TORCH_CHECK(bad.empty(), "quantize: the tokenizer ", config.tokenizer_path, " gives token ids the model does ",
+                "not have (its embedding has ", vocab, " rows) on ", config.calib_text, ": window", bad.substr(6),
+                "; is it the model's tokenizer?");
+    return windows;
+  }
   TORCH_CHECK(!config.calib_tensors.empty(), "quantize: --algo ", config.algorithm,
               " needs calibration inputs: --calib-tensors FILE (safetensors holding input_ids [N, L]) or --calib "
               "TEXT --tokenizer TOK");
@@ -63,7 +82,14 @@ std::vector<Args> calibration_inputs(const QuantizeConfig& config) {
   t = at::isIntegralType(t.scalar_type(), /*includeBool=*/false) ? t.to(at::kLong) : t.to(at::kFloat);
   TORCH_CHECK(t.dim() >= 2 && t.size(0) > 0 && t.numel() > 0, "quantize: calibration tensor '", name, "' in ",
               config.calib_tensors, " must be [N, ...] with N >= 1 samples, got ", t.sizes());
-  if (t.is_floating_point()) check_finite(t, "calibration tensor '" + name + "' in " + config.calib_tensors);
+  if (t.is_floating_point()) {
+    check_finite(t, "calibration tensor '" + name + "' in " + config.calib_tensors);
+  } else {
+    const std::string bad = first_bad_id(t, vocab);
+    TORCH_CHECK(bad.empty(), "quantize: calibration tensor '", name, "' in ", config.calib_tensors,
+                " holds a token id outside the model's vocabulary [0, ",
+                vocab > 0 ? std::to_string(vocab) : std::string("..."), "): ", bad);
+  }
   TORCH_CHECK(config.nsamples <= t.size(0), "quantize: --nsamples ", config.nsamples, " but ",
               config.calib_tensors, " holds ", t.size(0), " samples");
   const int64_t n = config.nsamples > 0 ? config.nsamples : t.size(0);

@@ -17,7 +17,9 @@ using Args = std::vector<c10::IValue>;
 // One row per sample (batch dimension kept: [1, ...]) from --calib-tensors, or windows of --calib text: BOS + each
 // paragraph, concatenated, cut into windows of seqlen tokens (the first nsamples). Deterministic, and the same
 // protocol for every model, so results are comparable across runs.
-std::vector<Args> calibration_inputs(const QuantizeConfig& config);
+// Token ids (integer inputs) outside [0, vocab) are refused naming the sample and position (the text's windows come
+// from the tokenizer, whose ids the model may still not have). vocab < 0: unknown, only negative ids are refused.
+std::vector<Args> calibration_inputs(const QuantizeConfig& config, int64_t vocab = -1);
 
 // The inputs of the next block, one Args per calibration sample. With --offload-dir the hidden states (the first
 // argument: the large one) live in files there and are read back one sample at a time.

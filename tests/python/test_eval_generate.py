@@ -348,3 +348,22 @@ def test_real_chunked_perplexity_matches_a_direct_computation(stories):
     nll, count, windows, tail = chunked_reference(model, llama2c.Tokenizer(str(TOKENIZER)), segments, 256)
     assert (got["tokens"], got["windows"], got["tail_tokens"]) == (count, windows, tail) and windows > 10
     assert got["nll"] == pytest.approx(nll, rel=1e-5)
+
+
+def test_calibration_token_ids_outside_the_vocabulary_are_named(tiny, tmp_path):
+    """Token ids the model's embedding cannot look up (negative, or past its rows) are refused before any work,
+    naming the file, the sample and the position; in range they calibrate."""
+    from lwq.safetensors import write_safetensors
+    vocab = json.loads((tiny / "config.json").read_text())["vocab_size"]
+    base = ["quantize", "--model", tiny / "model.pt", "--weights", tiny / "model.safetensors", "--algo", "gptq",
+            "--out", tmp_path / "q.pt", "--quiet", "--calib-tensors"]
+    ids = torch.randint(0, vocab, (4, 16), generator=torch.Generator().manual_seed(0))
+    for value, row, col in ((vocab, 2, 5), (-3, 1, 0)):
+        bad = ids.clone()
+        bad[row, col] = value
+        write_safetensors(tmp_path / "calib.safetensors", {"input_ids": bad})
+        fails(lwq(*base, tmp_path / "calib.safetensors"), "calib.safetensors",
+              f"sample {row}, position {col}: id {value}", f"[0, {vocab})")
+        assert not (tmp_path / "q.pt").exists()
+    write_safetensors(tmp_path / "calib.safetensors", {"input_ids": ids})
+    assert lwq(*base, tmp_path / "calib.safetensors").returncode == 0
