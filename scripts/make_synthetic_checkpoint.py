@@ -84,6 +84,8 @@ def main(argv=None) -> int:
     p.add_argument("--out", help="the checkpoint directory to write (must not exist)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dry-run", action="store_true", help="check the layout and print the sizes, write nothing")
+    p.add_argument("--layers", type=int, help="keep only the first N layers (the blocks keep their true shapes; "
+                   "config.json and the index say N; the total size is not checked)")
     args = p.parse_args(argv)
 
     with open(os.path.join(args.source, "config.json")) as f:
@@ -95,6 +97,15 @@ def main(argv=None) -> int:
         sys.exit(f"{args.source}/config.json: torch_dtype {config.get('torch_dtype')!r} is not one of {list(DTYPES)}")
     shapes = tensor_shapes(config)
     weight_map = index["weight_map"]
+    full_layers = config["num_hidden_layers"]
+    if args.layers is not None:
+        if not 0 < args.layers <= full_layers:
+            sys.exit(f"--layers {args.layers}: the model has {full_layers} layers")
+        config = dict(config, num_hidden_layers=args.layers)
+        shapes = tensor_shapes(config)
+        layer = re.compile(r"\.layers\.(\d+)\.")
+        weight_map = {n: f for n, f in weight_map.items()
+                      if not layer.search(n) or int(layer.search(n).group(1)) < args.layers}
     unknown = sorted(set(weight_map) - set(shapes))
     missing = sorted(set(shapes) - set(weight_map))
     if unknown or missing:
@@ -102,7 +113,7 @@ def main(argv=None) -> int:
                  f"{unknown[:5]}, names the index lacks {missing[:5]}")
     total = sum(math.prod(s) * element_size(dtype) for s in shapes.values())
     expected = index.get("metadata", {}).get("total_size")
-    if expected is not None and expected != total:
+    if expected is not None and expected != total and args.layers is None:
         sys.exit(f"{args.source}: config.json implies {total} bytes of {DTYPE_NAMES[dtype]} tensors, the index says "
                  f"{expected}")
     shards = {}
@@ -137,6 +148,9 @@ def main(argv=None) -> int:
     for name in COPIED:
         if os.path.exists(os.path.join(args.source, name)):
             shutil.copyfile(os.path.join(args.source, name), os.path.join(tmp, name))
+    with open(os.path.join(tmp, "config.json"), "w") as f:  # the layer count actually written
+        json.dump(config, f, indent=2)
+        f.write("\n")
     os.rename(tmp, args.out)
     print(f"wrote {args.out} in {time.time() - start:.0f} s")
     return 0

@@ -79,3 +79,15 @@ def test_refuses_an_existing_output(tmp_path):
     (tmp_path / "out").mkdir()
     r = run(src, "--out", tmp_path / "out")
     assert r.returncode != 0 and "exists" in r.stderr
+
+
+def test_layers_keeps_the_first_blocks_at_their_true_shapes(tmp_path):
+    src, weight_map = small_source(tmp_path)
+    out = tmp_path / "one"
+    r = run(src, "--layers", 1, "--out", out)
+    assert r.returncode == 0, r.stderr
+    store = WeightStore(str(out))
+    assert not any(".layers.1." in n for n in store.names())
+    assert store.shape("model.layers.0.mlp.down_proj.weight") == (64, 96)
+    assert json.loads((out / "config.json").read_text())["num_hidden_layers"] == 1
+    assert run(src, "--layers", 3, "--out", tmp_path / "three").returncode != 0
