@@ -1,16 +1,20 @@
 // Atomic replacement of an output file: write a temporary next to it, fsync, rename, fsync the directory.
-// A crash or an error at any point leaves either the old file or the complete new one, never a partial file.
+// A crash or an error at any point leaves either the old file or the complete new one, never a partial file; an
+// interrupt (SIGINT, SIGTERM, SIGHUP) also removes the temporary being filled.
 #include <c10/util/Exception.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <mutex>
 #include <string>
 
 #include "lwq/io/safetensors.h"
@@ -58,12 +62,70 @@ std::string create_temporary(const std::string& path) {
   return name;
 }
 
+// The temporaries being filled, for the interrupt handler: a killed 7B archive write would otherwise leave gigabytes
+// next to the output under a random name. Fixed slots of leaked copies of the names, so that the handler only
+// reads memory that stays valid (async-signal-safe: loads, unlink, signal, raise).
+constexpr int kTemporarySlots = 16;
+std::atomic<const char*> g_temporaries[kTemporarySlots];
+
+void remove_temporaries_and_die(int sig) {
+  for (auto& slot : g_temporaries) {
+    if (const char* p = slot.load()) ::unlink(p);
+  }
+  ::signal(sig, SIG_DFL);
+  ::raise(sig);
+}
+
+// Installs the handler for the signals that still have their default action (a host program's handlers, such as
+// Python's for SIGINT, are left alone).
+void install_interrupt_handler() {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    for (const int sig : {SIGINT, SIGTERM, SIGHUP}) {
+      struct sigaction old {};
+      if (::sigaction(sig, nullptr, &old) != 0 || old.sa_handler != SIG_DFL) continue;
+      struct sigaction sa {};
+      sa.sa_handler = remove_temporaries_and_die;
+      sigemptyset(&sa.sa_mask);
+      ::sigaction(sig, &sa, nullptr);
+    }
+  });
+}
+
+// Registers a temporary for the handler while it exists.
+class InterruptCleanup {
+ public:
+  explicit InterruptCleanup(const std::string& path) {
+    install_interrupt_handler();
+    name_ = ::strdup(path.c_str());
+    for (auto& slot : g_temporaries) {
+      const char* empty = nullptr;
+      if (slot.compare_exchange_strong(empty, name_)) {
+        slot_ = &slot;
+        return;
+      }
+    }
+    // More writes at once than slots: this one is left to the normal error path only.
+  }
+  ~InterruptCleanup() {
+    if (slot_) slot_->store(nullptr);
+    std::free(name_);  // safe once unregistered; a handler already running will end the process anyway
+  }
+  InterruptCleanup(const InterruptCleanup&) = delete;
+  InterruptCleanup& operator=(const InterruptCleanup&) = delete;
+
+ private:
+  char* name_ = nullptr;
+  std::atomic<const char*>* slot_ = nullptr;
+};
+
 }  // namespace
 
 void atomic_write(const std::string& path, const std::function<void(const std::string& tmp_path)>& fill) {
   TORCH_CHECK(!path.empty(), "atomic_write: the output path is empty");
   // Same directory as `path`, so the rename never crosses file systems.
   const std::string tmp = create_temporary(path);
+  const InterruptCleanup cleanup(tmp);
   try {
     fill(tmp);
     fsync_path(tmp, 0, "the temporary file", path);

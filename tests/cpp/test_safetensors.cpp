@@ -8,7 +8,9 @@
 #include <fstream>
 #include <random>
 #include <sstream>
+#include <signal.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "lwq/io/output_path.h"
@@ -443,6 +445,30 @@ TEST(AtomicWrite, ReplacesTheFileAndLeavesNoTemporary) {
   EXPECT_EQ(read_bytes(path), "new contents");
   EXPECT_NE(seen_tmp, path);
   EXPECT_EQ(dir.listing(), std::vector<std::string>{"out.bin"});
+}
+
+// An interrupt while the temporary is being filled (a killed multi-gigabyte archive write) removes it and keeps the
+// old output; the process still ends by the signal. In a child process, which interrupts itself mid-fill.
+TEST(AtomicWrite, InterruptRemovesTheTemporary) {
+  TempDir dir;
+  const std::string path = dir.file("out.bin");
+  write_bytes(path, "old");
+  for (const int sig : {SIGTERM, SIGINT}) {
+    const pid_t child = ::fork();
+    ASSERT_GE(child, 0);
+    if (child == 0) {
+      io::atomic_write(path, [&](const std::string& tmp) {
+        write_bytes(tmp, std::string(1 << 20, 'x'));
+        ::raise(sig);
+      });
+      ::_exit(0);  // not reached
+    }
+    int status = 0;
+    ASSERT_EQ(::waitpid(child, &status, 0), child);
+    EXPECT_TRUE(WIFSIGNALED(status) && WTERMSIG(status) == sig) << status;
+    EXPECT_EQ(dir.listing(), std::vector<std::string>{"out.bin"});
+    EXPECT_EQ(read_bytes(path), "old");
+  }
 }
 
 TEST(AtomicWrite, FailingFillKeepsTheOldFile) {
