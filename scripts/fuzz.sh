@@ -19,7 +19,9 @@ for src in fuzz/*.cpp; do
   [ "$name" = replay_main ] || fuzzers+=("$name")
 done
 
-CC=clang CXX=clang++ cmake -S . -B "$build_dir" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DLWQ_FUZZ=ON >/dev/null
+# -O1 with line tables: symbolized reports, and about half the compile time of -O2 -g.
+CC=clang CXX=clang++ cmake -S . -B "$build_dir" -DCMAKE_BUILD_TYPE=None -DCMAKE_CXX_FLAGS="-O1 -gline-tables-only" \
+  -DLWQ_FUZZ=ON >/dev/null
 targets=(--target lwq_tests)
 for f in "${fuzzers[@]}"; do targets+=(--target "fuzz_$f"); done
 cmake --build "$build_dir" -j"$(nproc)" "${targets[@]}"

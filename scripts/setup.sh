@@ -13,6 +13,7 @@ packages=(
   libcli11-dev                    # the lwq tool's command line (CLI11, header-only)
   libgtest-dev googletest
   python3-pytest python3-numpy python3-venv
+  clang libclang-rt-14-dev libomp-dev   # scripts/fuzz.sh: libFuzzer, AddressSanitizer, UBSan, clang's OpenMP
   libsentencepiece-dev            # SentencePiece tokenizer.model files
   libpcre2-dev                    # the pre-tokenizer split patterns of tokenizer.json (Unicode classes, lookahead)
   libicu-dev                      # NFC/NFKC normalizers of tokenizer.json (Qwen2)
