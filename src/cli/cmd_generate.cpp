@@ -1,4 +1,5 @@
-// `lwq generate`: text from a model, as llama2.c's run.c prints it; statistics on stderr (or all of it as JSON).
+// `lwq generate`: text from a model, streamed (as llama2.c's run.c prints it for tokenizer.bin); statistics on
+// stderr (or all of it as JSON).
 #include <nlohmann/json.hpp>
 
 #include <chrono>
@@ -17,8 +18,9 @@ namespace cli {
 namespace {
 
 const char* kDescription =
-    "Generates text with the model's key/value cache (init_cache / forward_cached) and prints it on stdout as\n"
-    "llama2.c's run.c does: the prompt, the continuation, a newline. Token rates go to stderr.\n"
+    "Generates text with the model's key/value cache (init_cache / forward_cached) and streams it on stdout as it\n"
+    "comes: the prompt, the continuation, a newline (with a llama2.c tokenizer.bin, exactly what run.c prints).\n"
+    "Token rates go to stderr.\n"
     "Generation ends at the first of: --steps positions (prompt included), --max-tokens tokens after the prompt,\n"
     "an EOS id of the tokenizer (unless --no-stop-at-eos), BOS. A prompt longer than the positions is refused.";
 
@@ -80,7 +82,7 @@ int run(Generate& g) {
 Command add_generate(CLI::App& lwq) {
   auto g = std::make_shared<Generate>();
   text::GenerateTextConfig& c = g->config;
-  CLI::App* app = add_command(lwq, "generate", "generate text with a model's key/value cache, as llama2.c's run.c",
+  CLI::App* app = add_command(lwq, "generate", "generate text from a prompt with a model's key/value cache, streamed",
                               "--model M.pt [--weights W] --tokenizer TOK [options]", kDescription);
   add_model_options(*app, c.model_path, c.weights_path, c.tokenizer_path);
   app->add_option("--prompt", c.prompt, "text to continue (default: none, BOS alone)")->type_name("P");
