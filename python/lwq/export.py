@@ -1,5 +1,5 @@
 """Export a model to lwq's model directory: a TorchScript archive with empty (meta) parameters plus the weights in
-safetensors, which `lwq quantize`, eval and generate read (README.md, "Exporting a Llama"; docs/model-contract.md).
+safetensors, which `lwq quantize`, eval and generate read (README.md, "Exporting a model"; docs/model-contract.md).
 Run it as `/usr/bin/python3 -m lwq.export ...` (or through scripts/export_llama.py in a source checkout).
 
 Sources: a llama2.c legacy checkpoint (--llama2c FILE), a Hugging Face directory (--hf DIR: config.json and
