@@ -8,6 +8,7 @@
 
 #include <deque>
 #include <set>
+#include <sstream>
 #include <unordered_map>
 
 #include "graph_walk.h"
@@ -364,6 +365,46 @@ std::vector<NamedTensorSlot> parameter_slots(const jit::Module& root) {
     }
   }
   return out;
+}
+
+namespace {
+
+// Rewrites the meta Device constants of `block` and its sub-blocks; `where` names the method for errors.
+int64_t rewrite_meta_constants(torch::jit::Block* block, const std::string& where) {
+  int64_t n = 0;
+  for (torch::jit::Node* node : block->nodes()) {
+    for (torch::jit::Block* sub : node->blocks()) n += rewrite_meta_constants(sub, where);
+    if (node->kind() != c10::prim::Constant || !node->hasAttribute(c10::attr::value)) continue;
+    const c10::TypePtr type = node->output()->type();
+    if (type->kind() == c10::DeviceObjType::Kind) {
+      if (node->s(c10::attr::value) == "meta") {
+        node->s_(c10::attr::value, "cpu");
+        ++n;
+      }
+    } else if (type->kind() == c10::TensorType::Kind && node->kindOf(c10::attr::value) == torch::jit::AttributeKind::t) {
+      const at::Tensor t = node->t(c10::attr::value);
+      std::ostringstream at_line;
+      if (node->sourceRange().source()) node->sourceRange().highlight(at_line);
+      TORCH_CHECK(!t.is_meta(), where, " holds a tensor constant on the meta device ", t.sizes(),
+                  " (traced on meta, it has no values):\n", at_line.str(),
+                  "trace the model on CPU (with any weights), or script it, then load its weights with --weights");
+    }
+  }
+  return n;
+}
+
+}  // namespace
+
+int64_t rewrite_meta_device_constants(torch::jit::Module& root, const std::string& what) {
+  int64_t n = 0;
+  for (const auto& item : root.named_modules()) {
+    for (const auto& method : item.value.get_methods()) {
+      const std::string where = what + ": " + (item.name.empty() ? std::string("the root module") : "module '" +
+                                item.name + "'") + ", method " + method.name();
+      n += rewrite_meta_constants(method.graph()->block(), where);
+    }
+  }
+  return n;
 }
 
 }  // namespace model

@@ -46,6 +46,12 @@ QuantizeResult quantize_model(const QuantizeConfig& config) {
   torch::jit::Module module = io::load_module(config.model_path, "quantize: ");
   TORCH_CHECK(!model::is_quantized(module), "quantize: the model ", config.model_path,
               " already holds packed weights; quantize the float model instead");
+  // A graph traced on the meta device runs on CPU once its device constants say so (the output is a CPU model).
+  const int64_t meta_constants = model::rewrite_meta_device_constants(module, "quantize: the model " + config.model_path);
+  if (meta_constants > 0 && !config.quiet) {
+    std::cerr << "quantize: " << config.model_path << " was traced on the meta device: " << meta_constants
+              << " device constants of its graph now say cpu" << std::endl;
+  }
   const ParameterSource source(config);
 
   // The plan: which linears are quantized, and every parameter checked before any work.

@@ -32,6 +32,7 @@ torch::jit::Module load_model(const std::string& model_path, const std::string& 
   TORCH_CHECK(weights_path.empty() || fs::exists(weights_path), "weights ", weights_path,
               ": no such file or directory");
   torch::jit::Module module = io::load_module(model_path, "");
+  model::rewrite_meta_device_constants(module, "the model " + model_path);  // traced on meta: run it on CPU
   std::unique_ptr<io::WeightStore> store;
   if (!weights_path.empty()) store = std::make_unique<io::WeightStore>(weights_path);
   const at::NoGradGuard no_grad;

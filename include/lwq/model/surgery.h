@@ -99,5 +99,12 @@ struct NamedTensorSlot {
 };
 std::vector<NamedTensorSlot> parameter_slots(const torch::jit::Module& root);
 
+// A model traced on the meta device (to export it without its weights) records `device=meta` as constants of its
+// graphs: positions from arange, masks from ones/triu. Run on CPU, such a graph mixes meta and CPU tensors and
+// fails ("Expected all tensors to be on the same device"). Every Device constant "meta" in every method of every
+// module of `root` becomes "cpu"; returns how many were rewritten. A tensor constant on the meta device (data the
+// trace never had) cannot be rewritten: throws naming the module, method and the source line of the node.
+int64_t rewrite_meta_device_constants(torch::jit::Module& root, const std::string& what);
+
 }  // namespace model
 }  // namespace lwq
