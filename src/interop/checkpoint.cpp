@@ -271,6 +271,9 @@ T json_field(const json& j, const char* key, const T& fallback, bool required, c
     TORCH_CHECK(!required, where, ": missing \"", key, "\"");
     return fallback;
   }
+  if constexpr (std::is_integral<T>::value && !std::is_same<T, bool>::value) {
+    return io::json_integer<T>(*it, where + ": \"" + key + "\"");
+  }
   try {
     return it->get<T>();
   } catch (const json::exception&) {

@@ -19,6 +19,9 @@ namespace {
 
 template <typename T>
 T get(const json& j, const std::string& key, const std::string& where) {
+  if constexpr (std::is_integral<T>::value && !std::is_same<T, bool>::value) {
+    return io::json_integer<T>(j.at(key), where + ": '" + key + "'");
+  }
   try {
     return j.at(key).get<T>();
   } catch (const json::exception&) {

@@ -76,7 +76,7 @@ int64_t model_max_seq_len(const torch::jit::Module& model, const std::string& mo
       return 0;  // not a config this reader understands: the length is unknown
     }
     if (j.is_object() && j.contains("max_seq_len") && j["max_seq_len"].is_number_integer()) {
-      return j["max_seq_len"].get<int64_t>();
+      return io::json_integer<int64_t>(j["max_seq_len"], "config.json max_seq_len");
     }
   }
   return 0;

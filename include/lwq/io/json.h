@@ -8,7 +8,9 @@
 
 #include <nlohmann/json.hpp>
 
+#include <limits>
 #include <string>
+#include <type_traits>
 #include <utility>
 
 namespace lwq {
@@ -27,6 +29,28 @@ nlohmann::json parse_json(const std::string& what, Input&&... input) {
                     " levels deep (not a file lwq writes or reads; corrupt?)");
         return true;
       });
+}
+
+// `j` as an integer of type T, refused (a c10::Error starting with `what`) unless it is a JSON integer in T's range:
+// nlohmann's get<T>() converts a float or an out-of-range number with a plain cast, undefined behaviour past the
+// range (found by fuzz/config_rules.cpp: "group_size": 1222...228).
+template <typename T>
+T json_integer(const nlohmann::json& j, const std::string& what) {
+  static_assert(std::is_integral<T>::value && !std::is_same<T, bool>::value, "json_integer: an integer type");
+  using Limits = std::numeric_limits<T>;
+  if (j.is_number_unsigned()) {
+    const uint64_t v = j.get<uint64_t>();
+    TORCH_CHECK(v <= static_cast<uint64_t>(Limits::max()), what, ": ", v, " is out of range (at most ", Limits::max(),
+                ")");
+    return static_cast<T>(v);
+  }
+  TORCH_CHECK(j.is_number_integer(), what, ": expected an integer, got ", j.dump().substr(0, 40));
+  const int64_t v = j.get<int64_t>();
+  TORCH_CHECK(v >= static_cast<int64_t>(Limits::min()) &&
+                  (Limits::max() >= static_cast<T>(std::numeric_limits<int64_t>::max()) ||
+                   v <= static_cast<int64_t>(Limits::max())),
+              what, ": ", v, " is out of range [", static_cast<int64_t>(Limits::min()), ", ", Limits::max(), "]");
+  return static_cast<T>(v);
 }
 
 }  // namespace io
