@@ -201,6 +201,9 @@ std::string what_of(const json& j) { return j.is_object() && j.contains("type") 
 template <typename T>
 T field(const json& j, const char* key, const T& fallback, const std::string& where) {
   if (!j.contains(key) || j[key].is_null()) return fallback;
+  if constexpr (std::is_integral<T>::value && !std::is_same<T, bool>::value) {
+    return io::json_integer<T>(j[key], where + ": \"" + key + "\"");  // a float would be cast: undefined
+  }
   try {
     return j[key].get<T>();
   } catch (const json::exception&) {
