@@ -15,11 +15,12 @@ with (cmake --install), and the build/ directory of a source checkout, in that o
 Use Debian's /usr/bin/python3 (python3-torch).
 """
 from ._library import CORE_LIBRARY, OPS_LIBRARY, find_library, load_library
-from .checkpoint import load_into, load_packed_safetensors
-from .modules import DEFAULT_EXCLUDE, QuantLinear, load, quantize_, quantize_linear
+from .checkpoint import load_into, load_packed_safetensors, load_quantized_modules
+from .modules import DEFAULT_EXCLUDE, QuantLinear, W8A8Linear, load, quantize_, quantize_linear
 from .safetensors import read_safetensors
 
 __all__ = [
-    "CORE_LIBRARY", "DEFAULT_EXCLUDE", "OPS_LIBRARY", "QuantLinear", "find_library", "load", "load_into",
-    "load_library", "load_packed_safetensors", "quantize_", "quantize_linear", "read_safetensors",
+    "CORE_LIBRARY", "DEFAULT_EXCLUDE", "OPS_LIBRARY", "QuantLinear", "W8A8Linear", "find_library", "load",
+    "load_into", "load_library", "load_packed_safetensors", "load_quantized_modules", "quantize_", "quantize_linear",
+    "read_safetensors",
 ]

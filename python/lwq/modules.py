@@ -36,27 +36,79 @@ class QuantLinear(torch.nn.Module):
     weights). Scriptable: the packed weight is saved inside the TorchScript archive, which loads wherever
     liblwq_ops.so is loaded."""
 
-    def __init__(self, packed, bias: Optional[torch.Tensor] = None, compute: str = "fp32"):
+    def __init__(self, packed, bias: Optional[torch.Tensor] = None, compute: str = "fp32",
+                 input_scale: Optional[torch.Tensor] = None):
         super().__init__()
         _check_compute(compute, packed.dtype())
         self.int8_activations = compute == "int8"
         self.in_features = packed.in_features()
         self.out_features = packed.out_features()
         self.packed = packed
-        if bias is not None:
-            if bias.shape != (self.out_features,):
-                raise ValueError(f"bias has shape {tuple(bias.shape)}, expected ({self.out_features},)")
-            self.bias = torch.nn.Parameter(bias.detach().float().clone(), requires_grad=False)
-        else:
-            self.bias = None
+        self.bias = _bias_parameter(bias, self.out_features)
+        # x * input_scale before the product: per-input-channel scales (AWQ, TEQ) that were not folded into the layer
+        # that produces x.
+        self.input_scale = _input_scale(input_scale, self.in_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.input_scale is not None:
+            x = x * self.input_scale
         if self.int8_activations:
             return torch.ops.lwq.woq_linear_a8(x, self.packed, self.bias)
         return torch.ops.lwq.woq_linear(x, self.packed, self.bias)
 
     def extra_repr(self) -> str:
-        return self.packed.describe() + (", compute=int8" if self.int8_activations else "")
+        return (self.packed.describe() + (", compute=int8" if self.int8_activations else "")
+                + (", input_scale" if self.input_scale is not None else ""))
+
+
+class W8A8Linear(torch.nn.Module):
+    """Static W8A8: y = x @ W.T + bias through torch.ops.lwq.w8a8_linear, x quantized per tensor with a calibrated
+    scale and zero point (act_dtype "uint8" or "int8"), W int8 symmetric per output channel. input_scale, when
+    given, multiplies x first (SmoothQuant scales that were not folded into the producer of x)."""
+
+    def __init__(self, packed, act_scale: float, act_zero_point: int, act_dtype: str = "uint8",
+                 bias: Optional[torch.Tensor] = None, input_scale: Optional[torch.Tensor] = None):
+        super().__init__()
+        if packed.dtype() != "int8" or not packed.sym() or packed.group_size() != -1:
+            raise ValueError(f"W8A8 weights are int8, symmetric, per output channel; got {packed.describe()}")
+        if act_dtype not in ("uint8", "int8"):
+            raise ValueError(f"act_dtype must be 'uint8' or 'int8', got {act_dtype!r}")
+        self.in_features = packed.in_features()
+        self.out_features = packed.out_features()
+        self.packed = packed
+        self.act_scale = float(act_scale)
+        self.act_zero_point = int(act_zero_point)
+        self.act_dtype = act_dtype
+        self.bias = _bias_parameter(bias, self.out_features)
+        self.input_scale = _input_scale(input_scale, self.in_features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.input_scale is not None:
+            x = x * self.input_scale
+        return torch.ops.lwq.w8a8_linear(x, self.packed, self.act_scale, self.act_zero_point, self.bias,
+                                         self.act_dtype)
+
+    def extra_repr(self) -> str:
+        return (f"{self.packed.describe()}, act {self.act_dtype} scale={self.act_scale:g} "
+                f"zero_point={self.act_zero_point}" + (", input_scale" if self.input_scale is not None else ""))
+
+
+def _bias_parameter(bias: Optional[torch.Tensor], out_features: int) -> Optional[torch.nn.Parameter]:
+    if bias is None:
+        return None
+    if bias.shape != (out_features,):
+        raise ValueError(f"bias has shape {tuple(bias.shape)}, expected ({out_features},)")
+    return torch.nn.Parameter(bias.detach().float().clone(), requires_grad=False)
+
+
+def _input_scale(scale: Optional[torch.Tensor], in_features: int) -> Optional[torch.Tensor]:
+    if scale is None:
+        return None
+    if scale.shape != (in_features,):
+        raise ValueError(f"input_scale has shape {tuple(scale.shape)}, expected ({in_features},)")
+    if not torch.isfinite(scale).all():
+        raise ValueError("input_scale holds NaN or Inf")
+    return scale.detach().float().clone()
 
 
 def _with_fp16_scales(weight: torch.Tensor, packed):

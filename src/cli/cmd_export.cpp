@@ -44,6 +44,11 @@ int run(Export& e) {
       }
     }
     std::cerr << std::endl;
+    if (r.int8_activation_layers) {
+      std::cerr << "note: " << r.int8_activation_layers << " layers ran with int8 activations (--compute int8); a "
+                << "GPTQ checkpoint holds their weights only, and they import as exact (float activation) layers "
+                << "(--format safetensors keeps the choice)" << std::endl;
+    }
   }
   return 0;
 }

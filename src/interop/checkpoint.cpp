@@ -5,6 +5,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -15,6 +16,8 @@
 #include "lwq/io/module_file.h"
 #include "lwq/io/output_path.h"
 #include "lwq/model/surgery.h"
+
+#include <torch/csrc/jit/ir/constants.h>
 
 namespace lwq {
 namespace interop {
@@ -45,41 +48,85 @@ torch::jit::Module load_archive(const std::string& path, const char* what) {
   return io::load_module(path, std::string(what) + ": ");
 }
 
-// One packed linear of a quantized archive.
+// How an archive's graphs call one packed weight attribute.
+enum class CallKind { Woq, WoqA8, W8a8 };
+
+// One packed linear of a quantized archive, with what its call site adds to the packed weight.
 struct PackedLayer {
   std::string module_name;
   std::string weight_attr;  // the emptied float weight's attribute
   std::string prefix;       // name in checkpoints
   PackedWeightPtr weight;
+  CallKind call = CallKind::Woq;
+  at::Tensor input_scale;  // fp32 [in]: AWQ/TEQ/SmoothQuant scales that were not folded; else undefined
+  c10::optional<model::ActivationQuant> activation;  // W8A8 layers
 };
 
-bool graph_calls(const std::shared_ptr<torch::jit::Graph>& graph, c10::Symbol op) {
-  std::vector<torch::jit::Block*> todo{graph->block()};
-  while (!todo.empty()) {
-    torch::jit::Block* b = todo.back();
-    todo.pop_back();
-    for (torch::jit::Node* n : b->nodes()) {
-      if (n->kind() == op) return true;
-      for (torch::jit::Block* sub : n->blocks()) todo.push_back(sub);
-    }
-  }
-  return false;
-}
+// The call of each (owner type, packed attribute) in the graphs of `root`: lwq::woq_linear, woq_linear_a8 or
+// w8a8_linear (with its activation dtype, a constant of the graph), found by following the op's weight input back
+// to its prim::GetAttr (through the unchecked cast of an Optional attribute).
+struct TypeCall {
+  CallKind kind = CallKind::Woq;
+  std::string act_dtype;
+  bool woq_and_a8 = false;  // both woq_linear and woq_linear_a8, chosen at run time (lwq.QuantLinear's forward)
+};
+using TypeAttr = std::pair<const c10::ClassType*, std::string>;
 
-// The packed layers of `root`: every attribute typed PackedWeight or Optional[PackedWeight] that holds a value.
-// Refuses archives that hold anything the checkpoint formats cannot carry (W8A8 calls, input scales).
-std::vector<PackedLayer> packed_layers(const torch::jit::Module& root, const std::string& path) {
+std::map<TypeAttr, TypeCall> packed_calls(const torch::jit::Module& root, const std::string& path) {
+  const c10::Symbol woq = c10::Symbol::fromQualString("lwq::woq_linear");
+  const c10::Symbol woq_a8 = c10::Symbol::fromQualString("lwq::woq_linear_a8");
   const c10::Symbol w8a8 = c10::Symbol::fromQualString("lwq::w8a8_linear");
-  const auto packed_type = c10::getCustomClassType<PackedWeightPtr>();
-  std::vector<PackedLayer> out;
+  std::map<TypeAttr, TypeCall> calls;
   std::set<const c10::ClassType*> seen_types;
   for (const auto& item : root.named_modules()) {
-    if (seen_types.insert(item.value.type().get()).second) {
-      for (const auto& method : item.value.get_methods()) {
-        TORCH_CHECK(!graph_calls(method.graph(), w8a8), "export: the model ", path, " has static W8A8 layers (module '",
-                    item.name, "' calls lwq::w8a8_linear); GPTQ and the safetensors export hold weight-only layers");
+    if (!seen_types.insert(item.value.type().get()).second) continue;
+    for (const auto& method : item.value.get_methods()) {
+      std::vector<torch::jit::Block*> todo{method.graph()->block()};
+      while (!todo.empty()) {
+        torch::jit::Block* b = todo.back();
+        todo.pop_back();
+        for (torch::jit::Node* n : b->nodes()) {
+          for (torch::jit::Block* sub : n->blocks()) todo.push_back(sub);
+          if (n->kind() != woq && n->kind() != woq_a8 && n->kind() != w8a8) continue;
+          const torch::jit::Node* src = n->input(1)->node();
+          while (src->kind() == c10::prim::unchecked_cast) src = src->input(0)->node();
+          TORCH_CHECK(src->kind() == c10::prim::GetAttr, "export: module '", item.name, "' of ", path, " calls ",
+                      n->kind().toQualString(), " on a packed weight that is not a module attribute; only archives "
+                      "written by lwq quantize or lwq import can be exported");
+          const auto owner = src->input(0)->type()->cast<c10::ClassType>();
+          TORCH_CHECK(owner, "export: module '", item.name, "' of ", path, ": a packed weight read from a ",
+                      src->input(0)->type()->repr_str());
+          TypeCall call;
+          call.kind = n->kind() == woq ? CallKind::Woq : n->kind() == woq_a8 ? CallKind::WoqA8 : CallKind::W8a8;
+          if (call.kind == CallKind::W8a8) {
+            const c10::optional<c10::IValue> dtype = torch::jit::toIValue(n->input(5));
+            TORCH_CHECK(dtype && dtype->isString(), "export: module '", item.name, "' of ", path,
+                        " calls lwq::w8a8_linear with an activation dtype that is not a constant");
+            call.act_dtype = dtype->toStringRef();
+          }
+          const TypeAttr key{owner.get(), src->s(c10::attr::name)};
+          const auto found = calls.emplace(key, call);
+          TypeCall& known = found.first->second;
+          if (found.second || (known.kind == call.kind && known.act_dtype == call.act_dtype)) continue;
+          const bool both_woq = (known.kind == CallKind::Woq || known.kind == CallKind::WoqA8) &&
+                                (call.kind == CallKind::Woq || call.kind == CallKind::WoqA8);
+          TORCH_CHECK(both_woq, "export: module '", item.name, "' of ", path, " calls its packed weight '",
+                      key.second, "' both as W8A8 and otherwise; the export cannot tell which call a layer makes");
+          known.woq_and_a8 = true;
+        }
       }
     }
+  }
+  return calls;
+}
+
+// The packed layers of `root`: every attribute typed PackedWeight or Optional[PackedWeight] that holds a value,
+// with its input scale and, for W8A8 layers, its activation parameters.
+std::vector<PackedLayer> packed_layers(const torch::jit::Module& root, const std::string& path) {
+  const auto packed_type = c10::getCustomClassType<PackedWeightPtr>();
+  const std::map<TypeAttr, TypeCall> calls = packed_calls(root, path);
+  std::vector<PackedLayer> out;
+  for (const auto& item : root.named_modules()) {
     for (const auto& attr : item.value.type()->getAttributes()) {
       const c10::TypePtr t = attr.getType();
       const auto opt = t->cast<c10::OptionalType>();
@@ -97,13 +144,28 @@ std::vector<PackedLayer> packed_layers(const torch::jit::Module& root, const std
       } else {
         layer.weight_attr = name;
       }
-      const std::string input_scale = name + "_input_scale";
-      TORCH_CHECK(!item.value.hasattr(input_scale) || item.value.attr(input_scale).isNone() ||
-                      (item.value.attr(input_scale).isTensor() && !item.value.attr(input_scale).toTensor().defined()),
-                  "export: layer '", item.name, "' of ", path, " multiplies its input by a per-channel scale ('",
-                  input_scale, "'), which GPTQ and the safetensors export cannot carry");
       layer.prefix = layer_prefix(item.name, layer.weight_attr);
       layer.weight = v.toCustomClass<PackedWeight>();
+      const auto call = calls.find({item.value.type().get(), name});
+      if (call != calls.end()) layer.call = call->second.kind;
+      if (call != calls.end() && call->second.woq_and_a8) {
+        // The branch is taken on the instance's "int8_activations" flag (lwq.QuantLinear); anything else is unknown.
+        TORCH_CHECK(item.value.hasattr("int8_activations") && item.value.attr("int8_activations").isBool(),
+                    "export: module '", item.name, "' of ", path, " calls its packed weight '", name,
+                    "' both with and without int8 activations, on a condition the export cannot read");
+        layer.call = item.value.attr("int8_activations").toBool() ? CallKind::WoqA8 : CallKind::Woq;
+      }
+      const std::string input_scale = name + "_input_scale";
+      if (item.value.hasattr(input_scale) && item.value.attr(input_scale).isTensor()) {
+        layer.input_scale = item.value.attr(input_scale).toTensor().to(at::kFloat).contiguous();
+      }
+      if (layer.call == CallKind::W8a8) {
+        model::ActivationQuant a;
+        a.dtype = call->second.act_dtype;
+        a.scale = item.value.attr(name + "_act_scale").toDouble();
+        a.zero_point = item.value.attr(name + "_act_zero_point").toInt();
+        layer.activation = a;
+      }
       out.push_back(std::move(layer));
     }
   }
@@ -175,6 +237,14 @@ ExportResult export_gptq(const ExportConfig& config, const torch::jit::Module& m
   for (const auto& l : layers) {
     const PackedWeight& w = *l.weight;
     const std::string what = "layer '" + l.prefix + "'";
+    TORCH_CHECK(!l.activation, "export: ", what, " of ", config.model_path, " is static W8A8 (lwq::w8a8_linear, "
+                "int8 activations with a calibrated scale and zero point), which a GPTQ checkpoint cannot carry; "
+                "--format safetensors holds it");
+    TORCH_CHECK(!l.input_scale.defined(), "export: ", what, " of ", config.model_path, " multiplies its input by a "
+                "per-channel scale (AWQ/TEQ/SmoothQuant scales that could not be folded into the graph), which a GPTQ "
+                "checkpoint cannot carry: its weights alone would compute something else; --format safetensors "
+                "holds it");
+    if (l.call == CallKind::WoqA8) ++result.int8_activation_layers;
     TORCH_CHECK(w.info().is_int(), "export: ", what, ": dtype ", w.dtype(),
                 " has no GPTQ form (GPTQ stores integer codes: int8, int4, int4_fullrange, int3, int2)");
     TORCH_CHECK(w.info().bits == s.bits && w.group_size() == s.group_size, "export: layers '", first.prefix, "' (",
@@ -230,6 +300,16 @@ ExportResult export_plain(const ExportConfig& config, const torch::jit::Module& 
                       {"dtype", w.dtype()},              {"out_features", w.out_features()},
                       {"in_features", w.in_features()},  {"group_size", w.group_size()},
                       {"sym", w.sym()}};
+    // What the call adds to the weight; absent for plain weight-only layers, so their files read as before.
+    if (l.call == CallKind::WoqA8) meta[l.prefix]["compute"] = "int8";
+    if (l.activation) {
+      meta[l.prefix]["activation"] = {
+          {"dtype", l.activation->dtype}, {"scale", l.activation->scale}, {"zero_point", l.activation->zero_point}};
+    }
+    if (l.input_scale.defined()) {
+      meta[l.prefix]["input_scale"] = true;
+      tensors.emplace_back(join(l.prefix, "input_scale"), l.input_scale);
+    }
     tensors.emplace_back(join(l.prefix, "qweight"), std::get<6>(st));
     tensors.emplace_back(join(l.prefix, "scales"), std::get<7>(st));
     if (std::get<8>(st)) tensors.emplace_back(join(l.prefix, "zeros"), *std::get<8>(st));
@@ -321,7 +401,27 @@ struct PlainLayerInfo {
   std::string dtype;
   int64_t out_features = 0, in_features = 0, group_size = -1;
   bool sym = true;
+  bool int8_activations = false;  // "compute": "int8"
+  bool input_scale = false;       // the file holds <prefix>.input_scale
+  c10::optional<model::ActivationQuant> activation;  // W8A8
 };
+
+model::ActivationQuant read_activation(const json& j, const std::string& where) {
+  TORCH_CHECK(j.is_object(), where, ": \"activation\" must be a JSON object, got ", j.dump());
+  model::ActivationQuant a;
+  a.dtype = json_field<std::string>(j, "dtype", "", true, where + ": \"activation\"");
+  a.scale = json_field<double>(j, "scale", 0.0, true, where + ": \"activation\"");
+  a.zero_point = json_field<int64_t>(j, "zero_point", 0, true, where + ": \"activation\"");
+  const int64_t qmin = a.dtype == "int8" ? -128 : 0, qmax = a.dtype == "int8" ? 127 : 255;
+  TORCH_CHECK(a.dtype == "uint8" || a.dtype == "int8", where, ": activation dtype must be \"uint8\" or \"int8\", got \"",
+              a.dtype, "\"");
+  const float scale_f = static_cast<float>(a.scale);
+  TORCH_CHECK(std::isfinite(scale_f) && scale_f > 0, where, ": activation scale must be a positive finite float, got ",
+              a.scale);
+  TORCH_CHECK(a.zero_point >= qmin && a.zero_point <= qmax, where, ": activation zero point must be in [", qmin, ", ",
+              qmax, "] for ", a.dtype, ", got ", a.zero_point);
+  return a;
+}
 
 std::map<std::string, PlainLayerInfo> read_plain_metadata(const std::string& path) {
   const auto file = io::SafetensorsFile::open(path);
@@ -352,6 +452,13 @@ std::map<std::string, PlainLayerInfo> read_plain_metadata(const std::string& pat
     info.in_features = json_field<int64_t>(*it, "in_features", 0, true, where);
     info.group_size = json_field<int64_t>(*it, "group_size", -1, true, where);
     info.sym = json_field<bool>(*it, "sym", true, true, where);
+    const std::string compute = json_field<std::string>(*it, "compute", "fp32", false, where);
+    TORCH_CHECK(compute == "fp32" || compute == "int8", where, ": \"compute\" must be \"fp32\" or \"int8\", got \"",
+                compute, "\"");
+    info.int8_activations = compute == "int8";
+    info.input_scale = json_field<bool>(*it, "input_scale", false, false, where);
+    if (it->contains("activation")) info.activation = read_activation((*it)["activation"], where);
+    TORCH_CHECK(!(info.activation && info.int8_activations), where, ": a W8A8 layer (\"activation\") has no \"compute\"");
     out.emplace(it.key(), info);
   }
   return out;
@@ -413,18 +520,19 @@ ImportResult import_checkpoint(const ImportConfig& config) {
 
   ImportResult result;
   std::set<std::string> used;
-  std::map<std::string, PackedWeightPtr> packed;  // by layer name
+  std::map<std::string, model::PackedLinear> packed;  // by layer name
   std::set<std::string> emptied;                  // float weights replaced by packed ones
   auto take = [&](const std::string& name) {
     used.insert(name);
     return store.load_raw(name);
   };
   auto take_optional = [&](const std::string& name) { return store.contains(name) ? take(name) : at::Tensor(); };
-  auto add_packed = [&](const model::LinearLayer& layer, const std::string& prefix, const PackedWeightPtr& w) {
+  auto add_packed = [&](const model::LinearLayer& layer, const std::string& prefix, const model::PackedLinear& p) {
+    const PackedWeightPtr& w = p.weight;
     TORCH_CHECK(w->out_features() == layer.shape[0] && w->in_features() == layer.shape[1], "import: layer '", prefix,
                 "' is [", w->out_features(), ", ", w->in_features(), "] in the checkpoint ", ckpt, " but its weight is ",
                 c10::IntArrayRef(layer.shape), " in the model ", config.model_path);
-    packed[layer.name] = w;
+    packed[layer.name] = p;
     emptied.insert(layer.weight_name());
     ++result.quantized_layers;
   };
@@ -454,9 +562,10 @@ ImportResult import_checkpoint(const ImportConfig& config) {
       t.scales = take(join(prefix, "scales"));
       t.g_idx = take_optional(join(prefix, "g_idx"));
       const auto dtype = gc.dtypes.find(prefix);
-      add_packed(layer, prefix,
-                 from_gptq(t, gc.scheme, dtype == gc.dtypes.end() ? "" : dtype->second,
-                           "import: " + ckpt + ": layer '" + prefix + "'"));
+      model::PackedLinear p;
+      p.weight = from_gptq(t, gc.scheme, dtype == gc.dtypes.end() ? "" : dtype->second,
+                           "import: " + ckpt + ": layer '" + prefix + "'");
+      add_packed(layer, prefix, p);
     }
   } else {
     std::map<std::string, PlainLayerInfo> infos;
@@ -478,13 +587,33 @@ ImportResult import_checkpoint(const ImportConfig& config) {
           take(join(prefix, "qweight")), take(join(prefix, "scales")),
           zeros.defined() ? c10::optional<at::Tensor>(zeros) : c10::nullopt,
           g_idx.defined() ? c10::optional<at::Tensor>(g_idx) : c10::nullopt);
-      PackedWeightPtr w;
+      model::PackedLinear p;
       try {
-        w = PackedWeight::from_state(state);
+        p.weight = PackedWeight::from_state(state);
       } catch (const c10::Error& e) {
         TORCH_CHECK(false, "import: ", ckpt, ": layer '", prefix, "': ", e.what_without_backtrace());
       }
-      add_packed(layer, prefix, w);
+      const std::string scale_name = join(prefix, "input_scale");
+      if (info.input_scale) {
+        TORCH_CHECK(store.contains(scale_name), "import: ", ckpt, ": layer '", prefix,
+                    "' has an input scale in the metadata but no tensor '", scale_name, "'");
+        p.input_scale = take(scale_name).to(at::kFloat).contiguous();
+        TORCH_CHECK(p.input_scale.dim() == 1 && p.input_scale.size(0) == info.in_features, "import: ", ckpt,
+                    ": tensor '", scale_name, "' has shape ", p.input_scale.sizes(), ", expected [", info.in_features,
+                    "]");
+        TORCH_CHECK(at::isfinite(p.input_scale).all().item<bool>(), "import: ", ckpt, ": tensor '", scale_name,
+                    "' holds NaN or Inf");
+      } else {
+        TORCH_CHECK(!store.contains(scale_name), "import: ", ckpt, ": the file has '", scale_name, "' but layer '",
+                    prefix, "' has no \"input_scale\" in the metadata (an edited file?)");
+      }
+      TORCH_CHECK(!info.activation || (info.dtype == "int8" && info.sym && info.group_size == -1), "import: ", ckpt,
+                  ": layer '", prefix, "' is W8A8 (\"activation\") but its weight is ", info.dtype,
+                  info.sym ? " sym" : " asym", " group size ", info.group_size,
+                  "; W8A8 weights are int8, symmetric, one group per output channel");
+      p.activation = info.activation;
+      p.int8_activations = info.int8_activations;
+      add_packed(layer, prefix, p);
     }
   }
   TORCH_CHECK(!packed.empty(), "import: the checkpoint ", ckpt, " has no quantized layers");
@@ -509,7 +638,11 @@ ImportResult import_checkpoint(const ImportConfig& config) {
   for (const auto& name : store.names())
     if (!used.count(name)) result.unused.push_back(name);
 
-  model::install_packed_weights(module, layers, packed);
+  try {
+    model::install_packed_linears(module, layers, packed);
+  } catch (const c10::Error& e) {
+    TORCH_CHECK(false, "import: ", ckpt, ": ", e.what_without_backtrace());
+  }
   io::atomic_write(config.out_path, [&](const std::string& tmp) { io::save_module(module, tmp); });
   return result;
 }

@@ -265,6 +265,17 @@ def test_import_refusals(lwq_ops, models, tmp_path):
           "quantize_config.json")
     fails(lwq("import", "--format", "safetensors", ckpt / "model.safetensors", "--model", models / "scripted.pt",
               "--out", tmp_path / "q.pt"), "not an lwq safetensors export")
+    # NaN or Inf in a layer's float16 scales (a damaged or edited checkpoint): named, never packed.
+    for value in (float("nan"), float("inf")):
+        bad_scale = tmp_path / f"bad_scale_{value}"
+        bad_scale.mkdir()
+        damaged = dict(tensors_all := read_tensors(ckpt / "model.safetensors"))
+        damaged["layers.1.gate.scales"] = tensors_all["layers.1.gate.scales"].clone()
+        damaged["layers.1.gate.scales"][0, 5] = value
+        write_sorted(bad_scale / "model.safetensors", damaged)
+        (bad_scale / "quantize_config.json").write_text(json.dumps(cfg))
+        fails(lwq("import", "--format", "gptq", bad_scale, "--model", models / "scripted.pt", "--out",
+                  tmp_path / "q.pt"), "layer 'layers.1.gate'", "scales contains NaN or Inf")
     assert not (tmp_path / "q.pt").exists()
 
 
@@ -301,12 +312,107 @@ def test_gptq_act_order_model_exports_and_comes_back(lwq_ops, models, calibratio
     assert all(torch.equal(tensors[k], again[k]) for k in tensors) and tensors.keys() == again.keys()
 
 
-def test_w8a8_model_is_refused(lwq_ops, models, calibration, tmp_path):
-    q = tmp_path / "w8a8.pt"
-    ok(lwq("quantize", "--model", models / "scripted.pt", "--weights", models / "scripted.safetensors", "--algo", "w8a8",
-           "--dtype", "int8", "--group-size", "-1", "--calib-tensors", calibration, "--out", q, "--quiet"))
-    for fmt in ("gptq", "safetensors"):
-        fails(lwq("export", "--format", fmt, q, tmp_path / f"out_{fmt}"), "W8A8", "lwq::w8a8_linear")
+DATA_EXPORT_CASES = {  # name: (model, algorithm options, what the layers' metadata must say)
+    # traced.pt's fc1 reads the model's input: AWQ's and SmoothQuant's scales have no producer to fold into. (TEQ's
+    # unfolded scales are the same attribute; on this model TEQ keeps scale 1, RTN, so it is not a case here.)
+    "awq_input_scale": ("traced", ["--algo", "awq", "--group-size", "8"], {"fc1": {"input_scale": True}}),
+    "w8a8_smoothquant": ("traced", ["--algo", "w8a8", "--smoothquant", "0.5"],
+                         {"fc1": {"input_scale": True, "activation": None}}),
+    "w8a8": ("scripted", ["--algo", "w8a8", "--observer", "kl"], {"layers.0.up": {"activation": None}}),
+    "int8_activations": ("scripted", ["--algo", "rtn", "--dtype", "int4", "--group-size", "16", "--compute", "int8"],
+                         {"layers.0.up": {"compute": "int8"}}),
+}
+
+
+@pytest.mark.parametrize("case", sorted(DATA_EXPORT_CASES))
+def test_every_quantized_model_exports_as_data(lwq_ops, models, tmp_path, case):
+    """Input scales, W8A8 activation parameters and int8 activations travel in the safetensors export: lwq import
+    rebuilds the same archive's outputs bit for bit, and lwq.load_into an eager model computes them too. A GPTQ
+    checkpoint cannot carry input scales or W8A8: refused, naming the layer and the format that can."""
+    name, options, expected = DATA_EXPORT_CASES[case]
+    dim = mtm.TRACED_IN if name == "traced" else mtm.SCRIPTED_DIM
+    calib = tmp_path / "calib.safetensors"
+    x_calib = torch.randn(8, 5, dim, generator=torch.Generator().manual_seed(3))
+    x_calib[..., :2] *= 10.0  # outlier channels, so the scales are far from 1
+    write_safetensors(calib, {"inputs": x_calib})
+    weights = ["--weights", models / "scripted.safetensors"] if name == "scripted" else []
+    q = tmp_path / "q.pt"
+    calib_opt = [] if "rtn" in options else ["--calib-tensors", calib]
+    # traced.pt's forward calls F.linear on head.weight, which an eager QuantLinear cannot stand in for.
+    exclude = ["--exclude", "^head$"] if name == "traced" else []
+    ok(lwq("quantize", "--model", models / f"{name}.pt", *weights, *options, *calib_opt, *exclude, "--out", q,
+           "--quiet"))
+    plain = tmp_path / "q.safetensors"
+    ok(lwq("export", "--format", "safetensors", q, plain))
+    header = json.loads(plain.read_bytes()[8:8 + int.from_bytes(plain.read_bytes()[:8], "little")])
+    layers = json.loads(header["__metadata__"]["lwq_layers"])
+    for layer, fields in expected.items():
+        for key, value in fields.items():
+            assert key in layers[layer], (layer, layers[layer])
+            if value is not None:
+                assert layers[layer][key] == value, (layer, layers[layer])
+        if fields.get("input_scale"):
+            assert header[layer + ".input_scale"]["shape"] == [layers[layer]["in_features"]]
+
+    ok(lwq("import", "--format", "safetensors", plain, "--model", models / f"{name}.pt", "--out", tmp_path / "q2.pt"))
+    x = torch.load(models / f"{name}_reference.pt")["x"]
+    y = run(lwq_ops, q, x)
+    assert torch.equal(run(lwq_ops, tmp_path / "q2.pt", x), y)
+    # Exported again from the rebuilt archive: the same bytes.
+    ok(lwq("export", "--format", "safetensors", tmp_path / "q2.pt", tmp_path / "again.safetensors"))
+    assert (tmp_path / "again.safetensors").read_bytes() == plain.read_bytes()
+
+    import lwq as lwq_package
+    eager = (mtm.TracedMLP() if name == "traced" else
+             mtm.BlockModel(mtm.SCRIPTED_DIM, mtm.SCRIPTED_HIDDEN, mtm.SCRIPTED_BLOCKS)).to("meta").eval()
+    lwq_package.load_into(eager, plain)
+    with torch.no_grad():
+        torch.testing.assert_close(eager(x), y, rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(torch.jit.script(eager)(x), y, rtol=1e-6, atol=1e-6)
+
+    gptq = lwq("export", "--format", "gptq", "--round-scales", q, tmp_path / "gptq")
+    if "activation" in next(iter(expected.values())):
+        fails(gptq, "is static W8A8", "--format safetensors holds it")
+    elif "input_scale" in next(iter(expected.values())):
+        fails(gptq, "layer 'fc1'", "per-channel scale", "--format safetensors holds it")
+    else:
+        assert gptq.returncode == 0, gptq.stderr
+        assert "ran with int8 activations" in gptq.stderr
+
+
+def test_edited_data_exports_are_refused(lwq_ops, models, tmp_path):
+    """A W8A8 export whose activation parameters or input scale were edited: refused, naming the layer."""
+    calib = tmp_path / "calib.safetensors"
+    write_safetensors(calib, {"inputs": torch.randn(8, 5, mtm.TRACED_IN, generator=torch.Generator().manual_seed(3))})
+    q, plain = tmp_path / "q.pt", tmp_path / "q.safetensors"
+    ok(lwq("quantize", "--model", models / "traced.pt", "--algo", "w8a8", "--smoothquant", "0.5", "--calib-tensors",
+           calib, "--out", q, "--quiet"))
+    ok(lwq("export", "--format", "safetensors", q, plain))
+    tensors, meta = read_safetensors(plain)
+    layers = json.loads(meta["lwq_layers"])
+
+    def edited(tensors_, layers_):
+        path = tmp_path / "edited.safetensors"
+        write_safetensors(path, tensors_, {**meta, "lwq_layers": json.dumps(layers_)})
+        return lwq("import", "--format", "safetensors", path, "--model", models / "traced.pt", "--out",
+                   tmp_path / "out.pt")
+
+    for field, value, message in [("scale", 0.0, "activation scale must be a positive finite float"),
+                                  ("scale", 1e300, "activation scale must be a positive finite float"),
+                                  ("zero_point", 300, "activation zero point must be in [0, 255]"),
+                                  ("zero_point", 1.5, "expected an integer"),
+                                  ("dtype", "int4", "activation dtype must be")]:
+        bad = json.loads(json.dumps(layers))
+        bad["fc1"]["activation"][field] = value
+        fails(edited(tensors, bad), "layer 'fc1'", message)
+    nan_scale = dict(tensors)
+    nan_scale["fc1.input_scale"] = tensors["fc1.input_scale"].clone()
+    nan_scale["fc1.input_scale"][3] = float("nan")
+    fails(edited(nan_scale, layers), "'fc1.input_scale'", "NaN or Inf")
+    no_flag = json.loads(json.dumps(layers))
+    del no_flag["fc1"]["input_scale"]
+    fails(edited(tensors, no_flag), "'fc1.input_scale'", "no \"input_scale\" in the metadata")
+    assert not (tmp_path / "out.pt").exists()
 
 
 @pytest.mark.parametrize("algo,extra", [

@@ -4,8 +4,10 @@
 //                quantized linear <name>.qweight/.qzeros/.scales/.g_idx, every other parameter and buffer under its
 //                own name) and quantize_config.json (bits, group_size, desc_act, sym, ...).
 //   safetensors  one .safetensors file holding each PackedWeight's serialized state (<name>.qweight uint8 in lwq's
-//                packed layout, .scales, .zeros, .g_idx) and the other tensors, with the layer metadata as JSON in
-//                the header: data only, readable without pickle or TorchScript.
+//                packed layout, .scales, .zeros, .g_idx), unfolded input scales (<name>.input_scale) and the other
+//                tensors, with the layer metadata as JSON in the header (dtype, shape, group size, and how the
+//                layer is called: int8 activations, W8A8 activation parameters): data only, readable without
+//                pickle or TorchScript. Every lwq model exports to it.
 //
 // Export reads a quantized TorchScript archive (as `lwq quantize` writes it); import fills a float (possibly
 // empty, meta) TorchScript model with a checkpoint's tensors, installs the packed layers and saves a runnable
@@ -43,12 +45,13 @@ struct ExportResult {
   int64_t other_tensors = 0;  // parameters and buffers written under their own names
   GptqScheme scheme;          // gptq: what quantize_config.json says
   ScaleRounding rounding;     // gptq: scales changed by the float16 conversion (only with round_scales)
+  int64_t int8_activation_layers = 0;  // gptq: layers that ran with int8 activations (their weights are exported)
   std::vector<std::string> files;  // written, in order
 };
 
-// Throws (nothing written) when a layer cannot be exported: a dtype the format cannot express, layers that
+// Throws (nothing written) when a layer cannot be exported to gptq: a dtype the format cannot express, layers that
 // disagree on bits / group size (quantize_config.json has one of each), static W8A8 layers or layers with an input
-// scale (gptq and safetensors hold weight-only linears), or any gptq refusal of to_gptq.
+// scale (GPTQ checkpoints hold weight-only linears), or any refusal of to_gptq.
 ExportResult export_checkpoint(const ExportConfig& config);
 
 struct ImportConfig {
