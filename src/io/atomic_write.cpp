@@ -1,9 +1,14 @@
 // Atomic replacement of an output file: write a temporary next to it, fsync, rename, fsync the directory.
 // A crash or an error at any point leaves either the old file or the complete new one, never a partial file; an
-// interrupt (SIGINT, SIGTERM, SIGHUP) also removes the temporary being filled.
+// interrupt (SIGINT, SIGTERM, SIGHUP) also removes the temporary being filled. A write killed outright (SIGKILL,
+// the OOM killer, a power cut) cannot clean up: its temporary stays, and the next write of the same output removes
+// it — the writer holds an flock on its temporary for as long as it fills it, so a temporary nobody holds is one
+// whose writer is gone.
 #include <c10/util/Exception.h>
 #include <fcntl.h>
 #include <signal.h>
+#include <dirent.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -12,8 +17,10 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <ctime>
 #include <filesystem>
 #include <fstream>
+#include <iostream>
 #include <mutex>
 #include <string>
 
@@ -45,21 +52,42 @@ mode_t current_umask() {
   return 022;
 }
 
-// Creates the temporary the safe way: a random name made exclusively (mkstemp: O_CREAT | O_EXCL, so a file or a
-// symbolic link planted at a predictable name is never followed or reused), then given the mode an ordinary
-// create would have given the output.
-std::string create_temporary(const std::string& path) {
-  std::string name = path + ".tmp.XXXXXX";
-  const int fd = ::mkstemp(name.data());
-  TORCH_CHECK(fd >= 0, "atomic_write ", path, ": cannot create a temporary file next to it: ", std::strerror(errno));
-  const int rc = ::fchmod(fd, 0666 & ~current_umask());
-  const int err = errno;
-  ::close(fd);
-  if (rc != 0) {
-    ::unlink(name.c_str());
-    TORCH_CHECK(false, "atomic_write ", path, ": cannot set the mode of ", name, ": ", std::strerror(err));
+// The temporary being filled, open and flock'ed (exclusive) until it is renamed or removed: the lock tells other
+// processes that its writer is alive, and goes with the process however it ends.
+struct Temporary {
+  std::string name;
+  int fd = -1;
+  ~Temporary() {
+    if (fd >= 0) ::close(fd);
   }
-  return name;
+};
+
+// Creates the temporary the safe way: a random name made exclusively (mkstemp: O_CREAT | O_EXCL, so a file or a
+// symbolic link planted at a predictable name is never followed or reused), locked, then given the mode an
+// ordinary create would have given the output.
+void create_temporary(const std::string& path, Temporary& t) {
+  t.name = path + ".tmp.XXXXXX";
+  t.fd = ::mkostemp(t.name.data(), O_CLOEXEC);
+  TORCH_CHECK(t.fd >= 0, "atomic_write ", path, ": cannot create a temporary file next to it: ",
+              std::strerror(errno));
+  int rc = ::flock(t.fd, LOCK_EX | LOCK_NB);
+  if (rc == 0) rc = ::fchmod(t.fd, 0666 & ~current_umask());
+  const int err = errno;
+  if (rc != 0) {
+    ::unlink(t.name.c_str());
+    TORCH_CHECK(false, "atomic_write ", path, ": cannot lock or set the mode of ", t.name, ": ", std::strerror(err));
+  }
+}
+
+// "NAME.tmp.XXXXXX" with the six characters mkstemp draws from.
+bool is_temporary_of(const std::string& entry, const std::string& name) {
+  const std::string prefix = name + ".tmp.";
+  if (entry.size() != prefix.size() + 6 || entry.compare(0, prefix.size(), prefix) != 0) return false;
+  for (size_t i = prefix.size(); i < entry.size(); ++i) {
+    const char c = entry[i];
+    if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9'))) return false;
+  }
+  return true;
 }
 
 // The temporaries being filled, for the interrupt handler: a killed 7B archive write would otherwise leave gigabytes
@@ -121,10 +149,44 @@ class InterruptCleanup {
 
 }  // namespace
 
+int64_t remove_stale_temporaries(const std::string& path) {
+  const std::filesystem::path p(path);
+  const std::string name = p.filename().string();
+  std::string dir = p.parent_path().string();
+  if (dir.empty()) dir = ".";
+  DIR* d = ::opendir(dir.c_str());
+  if (!d) return 0;  // a missing folder is reported by the write itself
+  int64_t removed = 0;
+  while (const dirent* e = ::readdir(d)) {
+    const std::string entry = e->d_name;
+    if (!is_temporary_of(entry, name)) continue;
+    const std::string full = dir + "/" + entry;
+    // Never follow a link, never block on a FIFO; only this user's regular files.
+    const int fd = ::open(full.c_str(), O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0) continue;
+    struct stat st {};
+    const bool mine = ::fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && st.st_uid == ::geteuid();
+    // Not locked: its writer is gone. (A writer locks its temporary right after creating it; the age check keeps
+    // that instant out of reach.)
+    const bool old_enough = mine && std::difftime(::time(nullptr), st.st_mtime) >= 2;
+    if (old_enough && ::flock(fd, LOCK_EX | LOCK_NB) == 0 && ::unlink(full.c_str()) == 0) {
+      std::cerr << "lwq: removed " << full << " (" << st.st_size
+                << " bytes), the temporary of an earlier write of " << path << " that was killed" << std::endl;
+      ++removed;
+    }
+    ::close(fd);
+  }
+  ::closedir(d);
+  return removed;
+}
+
 void atomic_write(const std::string& path, const std::function<void(const std::string& tmp_path)>& fill) {
   TORCH_CHECK(!path.empty(), "atomic_write: the output path is empty");
   // Same directory as `path`, so the rename never crosses file systems.
-  const std::string tmp = create_temporary(path);
+  remove_stale_temporaries(path);
+  Temporary temporary;
+  create_temporary(path, temporary);
+  const std::string& tmp = temporary.name;
   const InterruptCleanup cleanup(tmp);
   try {
     fill(tmp);

@@ -10,6 +10,8 @@
 #include <map>
 #include <utility>
 
+#include "lwq/io/safetensors.h"  // remove_stale_temporaries
+
 namespace lwq {
 namespace io {
 
@@ -84,6 +86,8 @@ void check_output_file(const std::string& command, const std::string& option, co
               " is a directory; give the path of a file to write, e.g. ", (fs::path(out) / "model.pt").string());
   check_parent(command, option, out);
   check_not_an_input(command, option, out, input_files(inputs));
+  // The output will be written: a temporary a killed earlier write left next to it goes now, not after the run.
+  remove_stale_temporaries(out);
 }
 
 void check_output_dir(const std::string& command, const std::string& option, const std::string& dir,
@@ -100,7 +104,10 @@ void check_output_dir(const std::string& command, const std::string& option, con
   }
   const std::map<FileId, std::string> ids = input_files(inputs);
   check_not_an_input(command, option, dir, ids);
-  for (const std::string& f : files) check_not_an_input(command, option, (fs::path(dir) / f).string(), ids);
+  for (const std::string& f : files) {
+    check_not_an_input(command, option, (fs::path(dir) / f).string(), ids);
+    if (fs::is_directory(dir, ec)) remove_stale_temporaries((fs::path(dir) / f).string());
+  }
 }
 
 }  // namespace io

@@ -9,6 +9,7 @@
 #include <random>
 #include <sstream>
 #include <signal.h>
+#include <fcntl.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -513,6 +514,85 @@ TEST(AtomicWrite, TemporaryIsAFreshFileWithTheUsualMode) {
   EXPECT_NE(temporaries[0], temporaries[1]);
   EXPECT_EQ(fs::status(path).permissions(), fs::perms(0640));
   EXPECT_EQ(dir.listing(), std::vector<std::string>{"out.bin"});
+}
+
+// A write killed outright (SIGKILL: nothing runs) leaves its temporary; the next write of that output removes it,
+// but never the temporary of a writer that is still alive (it holds an flock on it), a link, or another name.
+TEST(AtomicWrite, KilledWritesTemporaryIsRemovedByTheNextWrite) {
+  TempDir dir;
+  const std::string path = dir.file("out.bin");
+  write_bytes(path, "old");
+  auto backdate = [](const std::string& file) {  // the removal leaves temporaries younger than 2 s alone
+    const struct timespec times[2] = {{::time(nullptr) - 60, 0}, {::time(nullptr) - 60, 0}};
+    ASSERT_EQ(::utimensat(AT_FDCWD, file.c_str(), times, AT_SYMLINK_NOFOLLOW), 0) << file;
+  };
+  auto temporaries = [&] {
+    std::vector<std::string> out;
+    for (const auto& name : dir.listing())
+      if (name.rfind("out.bin.tmp.", 0) == 0) out.push_back(dir.file(name));
+    return out;
+  };
+  // 1. Killed mid-fill: the temporary stays (the old output too).
+  const pid_t killed = ::fork();
+  ASSERT_GE(killed, 0);
+  if (killed == 0) {
+    io::atomic_write(path, [&](const std::string& tmp) {
+      write_bytes(tmp, std::string(1 << 20, 'x'));
+      ::raise(SIGKILL);
+    });
+    ::_exit(0);
+  }
+  int status = 0;
+  ASSERT_EQ(::waitpid(killed, &status, 0), killed);
+  ASSERT_TRUE(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL) << status;
+  const std::vector<std::string> left = temporaries();
+  ASSERT_EQ(left.size(), 1u);
+  EXPECT_EQ(read_bytes(path), "old");
+  backdate(left[0]);
+
+  // 2. A live writer in another process, its temporary as old: kept. It waits on a pipe until told to finish.
+  int to_child[2], from_child[2];
+  ASSERT_EQ(::pipe(to_child), 0);
+  ASSERT_EQ(::pipe(from_child), 0);
+  const pid_t live = ::fork();
+  ASSERT_GE(live, 0);
+  if (live == 0) {
+    io::atomic_write(dir.file("other.bin"), [&](const std::string& tmp) {
+      write_bytes(tmp, "live");
+      const struct timespec times[2] = {{::time(nullptr) - 60, 0}, {::time(nullptr) - 60, 0}};
+      ::utimensat(AT_FDCWD, tmp.c_str(), times, 0);
+      char c = 'r';
+      if (::write(from_child[1], &c, 1) != 1 || ::read(to_child[0], &c, 1) != 1) ::_exit(2);
+    });
+    ::_exit(0);
+  }
+  char c = 0;
+  ASSERT_EQ(::read(from_child[0], &c, 1), 1);
+  std::string live_tmp;
+  for (const auto& name : dir.listing())
+    if (name.rfind("other.bin.tmp.", 0) == 0) live_tmp = dir.file(name);
+  ASSERT_FALSE(live_tmp.empty());
+  EXPECT_EQ(io::remove_stale_temporaries(dir.file("other.bin")), 0);
+  EXPECT_TRUE(fs::exists(live_tmp));
+  ASSERT_EQ(::write(to_child[1], &c, 1), 1);
+  ASSERT_EQ(::waitpid(live, &status, 0), live);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << status;
+  EXPECT_EQ(read_bytes(dir.file("other.bin")), "live");
+  for (int fd : {to_child[0], to_child[1], from_child[0], from_child[1]}) ::close(fd);
+
+  // 3. Not temporaries of out.bin: a link with the pattern's name (its target kept), a longer name. Left alone.
+  write_bytes(dir.file("target"), "keep");
+  fs::create_symlink(dir.file("target"), dir.file("out.bin.tmp.LINK01"));
+  write_bytes(dir.file("out.bin.tmp.notes.txt"), "mine");
+  backdate(dir.file("out.bin.tmp.notes.txt"));
+
+  // The next write of out.bin removes the killed write's temporary, and only it.
+  io::atomic_write(path, [&](const std::string& tmp) { write_bytes(tmp, "new"); });
+  EXPECT_EQ(read_bytes(path), "new");
+  EXPECT_FALSE(fs::exists(left[0]));
+  EXPECT_EQ(read_bytes(dir.file("target")), "keep");
+  EXPECT_TRUE(fs::is_symlink(dir.file("out.bin.tmp.LINK01")));
+  EXPECT_TRUE(fs::exists(dir.file("out.bin.tmp.notes.txt")));
 }
 
 TEST(AtomicWrite, RefusesEmptyPathAndMissingDirectory) {

@@ -123,6 +123,26 @@ def test_a_second_run_on_the_same_output_is_refused(models, tmp_path):
     assert not state.exists()
 
 
+def test_a_killed_writes_temporary_is_removed_by_the_next_run(models, tmp_path):
+    """SIGKILL (or the OOM killer) leaves the archive writer's temporary OUT.tmp.XXXXXX: nothing runs then. The next
+    command writing OUT removes it before its work, and says so; a temporary a live writer holds (flock) stays."""
+    out = tmp_path / "q.pt"
+    stale, live = tmp_path / "q.pt.tmp.Ab12Cd", tmp_path / "q.pt.tmp.Zz99Yy"
+    stale.write_bytes(b"x" * (1 << 20))
+    live.write_bytes(b"being written")
+    for path in (stale, live):
+        os.utime(path, (1e9, 1e9))  # old: temporaries younger than 2 s are left alone
+    fd = os.open(live, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a writer that is still running holds it
+        result = ok(quantize(models, models / "scripted.safetensors", out))
+    finally:
+        os.close(fd)
+    assert f"removed {stale} (1048576 bytes), the temporary of an earlier write of {out} that was killed" in \
+        result.stderr, result.stderr
+    assert not stale.exists() and live.exists() and out.exists()
+
+
 def _mount_tmpfs(path, size):
     if os.geteuid() != 0:
         pytest.skip("needs root to mount a small tmpfs (a full disk)")

@@ -19,7 +19,8 @@ struct NamedInput {
 // Refuses (c10::Error naming `command`, the output and the input) an output file `out` that
 //  - is empty, an existing directory, or in a folder that does not exist, is not a directory or is not writable;
 //  - is (by identity) any file of `inputs`; empty input paths are skipped.
-// `option` names the output in messages ("--out", "--report").
+// `option` names the output in messages ("--out", "--report"). Temporaries of the output that a killed earlier
+// write left are removed (io::remove_stale_temporaries).
 void check_output_file(const std::string& command, const std::string& option, const std::string& out,
                        const std::vector<NamedInput>& inputs);
 

@@ -81,6 +81,12 @@ void write_safetensors(const std::string& path, const std::vector<std::pair<std:
 // Writes `path` atomically: fill(tmp_path) writes a temporary file next to it (already created, empty, under a random
 // name), which is fsync'ed and renamed over `path` only when fill returns; on any error the temporary is removed and
 // `path` is left untouched.
+// A write killed outright (SIGKILL, the OOM killer) leaves its temporary "PATH.tmp.XXXXXX"; atomic_write holds an
+// flock on its temporary while it fills it, so one that nobody holds (and at least 2 s old) belongs to a writer
+// that is gone. Removes those next to `path` (this user's regular files only; links are never followed), says so on
+// stderr, and returns how many. atomic_write calls it first; commands call it early as well, so a leftover of
+// gigabytes is not kept for the length of a run.
+int64_t remove_stale_temporaries(const std::string& path);
 void atomic_write(const std::string& path, const std::function<void(const std::string& tmp_path)>& fill);
 
 }  // namespace io
