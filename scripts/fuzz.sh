@@ -13,19 +13,11 @@ cd "$(dirname "$0")/.."
 
 seconds="${1:-60}"
 build_dir="${LWQ_FUZZ_BUILD_DIR:-build-fuzz}"
-# sentencepiece_model is replayed by the normal tests only: its reader dlopens the SentencePiece shim with
-# RTLD_DEEPBIND (which keeps libsentencepiece's protobuf apart from libtorch's), and the sanitizer runtimes refuse
-# RTLD_DEEPBIND (google/sanitizers#611). CMakeLists.txt leaves it out of the LWQ_FUZZ build.
-unsanitized=(sentencepiece_model)
+# Every target is fuzzed (sentencepiece_model is built without libtorch: CMakeLists.txt says why).
 fuzzers=()
 for src in fuzz/*.cpp; do
   name="$(basename "$src" .cpp)"
-  [ "$name" = replay_main ] && continue
-  if [[ " ${unsanitized[*]} " == *" $name "* ]]; then
-    echo "fuzz: $name is replayed by ctest only (RTLD_DEEPBIND, see above)"
-    continue
-  fi
-  fuzzers+=("$name")
+  [ "$name" = replay_main ] || fuzzers+=("$name")
 done
 
 # -O1 with line tables: symbolized reports, and about half the compile time of -O2 -g.

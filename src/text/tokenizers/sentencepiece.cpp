@@ -9,12 +9,22 @@
 #include <iterator>
 #include <mutex>
 
+#ifdef LWQ_SENTENCEPIECE_LINKED  // the shim linked in (see api() below)
+extern "C" {
+void* lwq_spm_load(const std::string*, std::string*);
+void lwq_spm_free(void*);
+void lwq_spm_info(void*, int64_t*, int64_t*, int64_t*, int64_t*);
+int64_t lwq_spm_piece_id(void*, const std::string*);
+bool lwq_spm_encode(void*, const std::string*, std::vector<int>*, std::string*);
+void lwq_spm_decode(void*, const std::vector<int>*, std::string*);
+}
+#endif
+
 namespace lwq {
 namespace text {
 
 namespace {
 
-constexpr const char* kModule = "liblwq_sentencepiece.so";
 
 // The module's functions, resolved once.
 struct Api {
@@ -25,6 +35,16 @@ struct Api {
   bool (*encode)(void*, const std::string*, std::vector<int>*, std::string*) = nullptr;
   void (*decode)(void*, const std::vector<int>*, std::string*) = nullptr;
 };
+
+#ifdef LWQ_SENTENCEPIECE_LINKED
+// Programs that do not load libtorch (the sanitized fuzz target of tokenizer.model files) link the shim and
+// libsentencepiece directly: no protobuf clash to avoid, and the sanitizer runtimes refuse RTLD_DEEPBIND.
+const Api& api() {
+  static const Api a{lwq_spm_load, lwq_spm_free, lwq_spm_info, lwq_spm_piece_id, lwq_spm_encode, lwq_spm_decode};
+  return a;
+}
+#else
+constexpr const char* kModule = "liblwq_sentencepiece.so";
 
 const Api& api() {
   static Api a;
@@ -59,6 +79,8 @@ const Api& api() {
   TORCH_CHECK(error.empty(), "SentencePiece tokenizers need ", kModule, " (built with lwq, beside liblwq.so): ", error);
   return a;
 }
+
+#endif
 
 }  // namespace
 
