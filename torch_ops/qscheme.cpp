@@ -1,5 +1,7 @@
 #include "qscheme.h"
 
+#include "recorded_allocations.h"
+
 #include <c10/util/Exception.h>
 
 #include <sstream>
@@ -85,7 +87,9 @@ void check_storage(const at::Tensor& t, const std::string& what) {
   uint64_t last = static_cast<uint64_t>(t.storage_offset());
   for (int64_t d = 0; d < t.dim(); ++d) last += static_cast<uint64_t>(t.size(d) - 1) * static_cast<uint64_t>(t.stride(d));
   const uint64_t need = (last + 1) * t.element_size();
-  const uint64_t have = t.storage().data() ? t.storage().nbytes() : 0;
+  uint64_t have = t.storage().data() ? t.storage().nbytes() : 0;
+  // Loaded from an archive under RecordedAllocations: the record's true size (a record cut short declares more).
+  if (const size_t allocated = recorded_allocation_size(t.storage().data())) have = std::min<uint64_t>(have, allocated);
   TORCH_CHECK(have >= need, what, " of shape ", t.sizes(), " needs ", need, " bytes but its storage holds ", have,
               " (a truncated or edited archive?)");
 }

@@ -49,7 +49,8 @@ void check_scheme(const DtypeInfo& info, bool sym);
 void check_finite(const at::Tensor& t, const std::string& what);
 
 // Throws naming `what` when t's storage lacks bytes its shape and strides reach. A record cut short in an archive
-// loads as a tensor of the declared shape over a storage with no data: reading it crashed the process.
+// loads as a tensor of the declared shape over a storage with no data (reading it crashed the process), or, cut to
+// fewer bytes, over less memory than the storage declares: caught while a RecordedAllocations lives.
 void check_storage(const at::Tensor& t, const std::string& what);
 
 // Quantization parameters of the rows of w [R, C] (each row one group). clip: ratio in (0, 1] applied to the

@@ -6,6 +6,7 @@
 #include <ostream>
 
 #include "ops.h"
+#include "recorded_allocations.h"
 
 namespace lwq {
 namespace io {
@@ -57,6 +58,9 @@ void check_tensor(const at::Tensor& t, const std::string& name, const std::strin
 
 torch::jit::Module load_module(const std::string& path, const std::string& command) {
   torch::jit::Module module;
+  // Every storage is checked against the memory its record really filled (recorded_allocations.h), here and in
+  // the packed weights' __setstate__.
+  const RecordedAllocations recorded;
   try {
     // No map_location: a CPU device would materialize every meta parameter as uninitialized memory.
     module = torch::jit::load(path);
