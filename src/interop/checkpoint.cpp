@@ -282,6 +282,12 @@ ExportResult export_gptq(const ExportConfig& config, const torch::jit::Module& m
   create_dir(config.out_path);
   const std::string weights = (fs::path(config.out_path) / kGptqWeightsFile).string();
   const std::string cfg_path = (fs::path(config.out_path) / kGptqConfigFile).string();
+  // Two files cannot be replaced at once: the config goes first and comes back last, so an export stopped in between
+  // (a full disk, a kill) leaves a directory that import refuses (no quantize_config.json), never new weights read
+  // with an earlier export's bits and group size.
+  std::error_code ec;
+  fs::remove(cfg_path, ec);
+  TORCH_CHECK(!ec, "export: cannot replace ", cfg_path, ": ", ec.message());
   io::write_safetensors(weights, tensors, {{"format", "pt"}});
   write_text(cfg_path, cfg.dump(2));
   result.files = {weights, cfg_path};

@@ -194,6 +194,34 @@ def test_a_full_disk_keeps_the_finished_units(models, tmp_path):
         subprocess.run(["umount", str(disk)], check=False)
 
 
+def test_a_gptq_export_stopped_halfway_is_never_read_with_an_old_config(models, tmp_path):
+    """A GPTQ export replaces two files; the disk fills up while the new weights are written over an earlier export
+    of other bits: the old weights stay, the old quantize_config.json is gone, and import refuses the directory
+    instead of reading int8 weights as int4 ones."""
+    q4, q8 = tmp_path / "q4.pt", tmp_path / "q8.pt"
+    for q, dtype in ((q4, "int4"), (q8, "int8")):
+        ok(lwq("quantize", "--model", models / "scripted.pt", "--weights", models / "scripted.safetensors", "--algo",
+               "rtn", "--dtype", dtype, "--group-size", "16", "--scale-dtype", "fp16", "--out", q, "--quiet"))
+    disk = tmp_path / "disk"
+    _mount_tmpfs(disk, "64m")
+    out = disk / "gptq"
+    try:
+        ok(lwq("export", "--format", "gptq", q4, out))
+        old_weights = (out / "model.safetensors").read_bytes()
+        used = sum(p.stat().st_size for p in out.iterdir())
+        subprocess.run(["mount", "-o", f"remount,size={used + 8192}", str(disk)], check=True)
+        fails(lwq("export", "--format", "gptq", q8, out), "No space left on device")
+        assert sorted(p.name for p in out.iterdir()) == ["model.safetensors"]
+        assert (out / "model.safetensors").read_bytes() == old_weights
+        fails(lwq("import", "--format", "gptq", out, "--model", models / "scripted.pt", "--out", tmp_path / "r.pt"),
+              "no quantize_config.json")
+        subprocess.run(["mount", "-o", "remount,size=64m", str(disk)], check=True)
+        ok(lwq("export", "--format", "gptq", q8, out))  # room again: a complete export
+        assert json.loads((out / "quantize_config.json").read_text())["bits"] == 8
+    finally:
+        subprocess.run(["umount", str(disk)], check=False)
+
+
 DEEP = 100_000
 
 
