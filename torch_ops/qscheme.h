@@ -45,6 +45,8 @@ std::vector<std::string> int8_activation_dtype_names();
 // Checks a (dtype, sym) pair is meaningful: table types (nf4, fp4_e2m1) are symmetric only.
 void check_scheme(const DtypeInfo& info, bool sym);
 
+// True when t holds no NaN or Inf (integer tensors always), checked in slices so that no copy of t is made.
+bool all_finite(const at::Tensor& t);
 // Throws naming `what` when t holds NaN or Inf.
 void check_finite(const at::Tensor& t, const std::string& what);
 

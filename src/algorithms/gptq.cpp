@@ -3,9 +3,12 @@
 // column updates are then row operations and the lazy trailing update is one matmul per block.
 #include "lwq/gptq.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <sstream>
+
+#include <ATen/Dispatch.h>
 
 #include "qscheme.h"
 
@@ -64,8 +67,9 @@ bool factor_diagonal_block(at::Tensor& block) {  // in place, fp64 contiguous [n
   return true;
 }
 
-at::Tensor cholesky_lower(const at::Tensor& input) {
-  at::Tensor a = input.clone().contiguous();
+// In place: `a` (fp32 or fp64, contiguous) becomes its lower factor. False when a is not positive definite (a is
+// then left half-factorized).
+bool cholesky_lower_(at::Tensor& a) {
   const int64_t n = a.size(0);
   for (int64_t k0 = 0; k0 < n; k0 += kCholBlock) {
     const int64_t kb = std::min(kCholBlock, n - k0);
@@ -75,7 +79,7 @@ at::Tensor cholesky_lower(const at::Tensor& input) {
       panel.addmm_(done.narrow(0, k0, n - k0), done.narrow(0, k0, kb).t(), 1, -1);
     }
     at::Tensor diag = panel.narrow(0, 0, kb).to(at::kDouble).contiguous();
-    if (!factor_diagonal_block(diag)) return at::Tensor();
+    if (!factor_diagonal_block(diag)) return false;
     diag = diag.tril().to(a.scalar_type());
     panel.narrow(0, 0, kb).copy_(diag);
     if (n - k0 > kb) {
@@ -83,7 +87,16 @@ at::Tensor cholesky_lower(const at::Tensor& input) {
       below.copy_(at::linalg_solve_triangular(diag.t(), below, /*upper=*/true, /*left=*/false));
     }
   }
-  return a.tril_();
+  a.tril_();
+  return true;
+}
+
+// flip({0, 1}) of a contiguous square matrix without a second matrix: it is the reversal of the flat buffer.
+void flip_square_(at::Tensor& a) {
+  AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "flip_square_", [&] {
+    scalar_t* p = a.data_ptr<scalar_t>();
+    std::reverse(p, p + a.numel());
+  });
 }
 
 // End of the block that starts at `start` (at most `size` columns, not past `limit`). With per-column group
@@ -160,8 +173,9 @@ GptqSolution gptq_solve(const at::Tensor& weight, const at::Tensor& hessian, con
   std::vector<std::string>& adjustments = solution.adjustments;
 
   at::Tensor w = weight.to(at::kFloat).clone().contiguous();
-  at::Tensor h = hessian.clone().contiguous();
-  at::Tensor diag = h.diagonal();
+  // The Hessian is the largest matrix of the solve (822 MB in fp32 for a 7B down_proj): besides the caller's, one
+  // working copy is made, in the order the factorization needs, and factorized and flipped in place.
+  at::Tensor diag = hessian.diagonal().clone();
   TORCH_CHECK(diag.ge(0).all().item<bool>(),
               "gptq_quantize: the hessian has a negative diagonal entry; a Hessian 2/n X^T X has none");
   const at::Tensor dead = diag.eq(0);
@@ -187,10 +201,11 @@ GptqSolution gptq_solve(const at::Tensor& weight, const at::Tensor& hessian, con
   }
 
   at::Tensor perm;  // processing position -> original column (act_order only)
+  at::Tensor order = at::arange(in, at::kLong);
   if (options.act_order) {
-    perm = std::get<1>(h.diagonal().sort(/*stable=*/true, /*dim=*/0, /*descending=*/true));
+    perm = std::get<1>(diag.sort(/*stable=*/true, /*dim=*/0, /*descending=*/true));
+    order = perm;
     w = w.index_select(1, perm);
-    h = h.index_select(0, perm).index_select(1, perm);
   }
 
   // Damping, then the factor V of H = V V^T with V upper triangular ("reverse Cholesky"): if P H P = L L^T with
@@ -198,25 +213,33 @@ GptqSolution gptq_solve(const at::Tensor& weight, const at::Tensor& hessian, con
   // needs no inverse. Column j is quantized from w_j = w0_j + S_j / V[j,j], where S = sum over earlier columns
   // k of (w0_k - q_k) V[k,j] (w0: the weight before the solve). Expanding U = V^-1 gives GPTQ's update exactly.
   // (The same S serves the lazy updates: S of later rows grows by one matmul per block.)
-  const double mean_diag = h.diagonal().mean().item<double>();
+  // The mean as earlier versions took it, over a strided vector (the diagonal of the working matrix): ATen sums a
+  // contiguous vector in another order, and its last bit would change every result that depends on the damping.
+  at::Tensor strided = at::empty({in, 2}, diag.options()).select(1, 0);
+  strided.copy_(diag.index_select(0, order));
+  const double mean_diag = strided.mean().item<double>();
+  const at::Tensor reversed = order.flip(0);
+  const at::Tensor dead_reversed = dead.index_select(0, reversed);
+  std::vector<double> damping{options.percdamp * mean_diag};  // added to the diagonal in turn
   double percdamp = options.percdamp;
-  h.diagonal().add_(percdamp * mean_diag);
   at::Tensor v;
   for (int raises = 0;; ++raises) {
-    const at::Tensor factor = cholesky_lower(h.flip({0, 1}));
-    if (factor.defined()) {
-      v = factor.flip({0, 1}).to(at::kFloat).contiguous();
-      break;
-    }
+    // P H P in processing order, one gather: H[order[n-1-i], order[n-1-j]].
+    v = hessian.index({reversed.unsqueeze(1), reversed.unsqueeze(0)}).contiguous();
+    at::Tensor v_diagonal = v.diagonal();
+    if (n_dead > 0) v_diagonal.masked_fill_(dead_reversed, 1.0);
+    for (const double d : damping) v_diagonal.add_(d);
+    if (cholesky_lower_(v)) break;
     TORCH_CHECK(raises < kMaxDampRaises, "gptq_quantize: the Hessian [", in, ", ", in,
                 "] is not positive definite even with percdamp ", percdamp, "; check the calibration inputs");
-    h.diagonal().add_(9.0 * percdamp * mean_diag);
+    damping.push_back(9.0 * percdamp * mean_diag);
     percdamp *= 10.0;
   }
+  flip_square_(v);
+  v = v.to(at::kFloat).contiguous();
   if (percdamp != options.percdamp) adjustments.push_back(describe_percdamp(options.percdamp, percdamp));
-  h = at::Tensor();
   const at::Tensor v_diag = v.diagonal().clone();
-  TORCH_CHECK(v_diag.gt(0).all().item<bool>() && v.isfinite().all().item<bool>(),
+  TORCH_CHECK(v_diag.gt(0).all().item<bool>() && all_finite(v),
               "gptq_quantize: the Hessian factor is singular or not finite (percdamp ", percdamp, ")");
 
   const at::Tensor wt = w.t().contiguous();  // w0 [in, out], rows in processing order
