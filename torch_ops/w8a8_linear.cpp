@@ -7,12 +7,14 @@
 #include <cmath>
 
 #include "kernels/dispatch.h"
+#include "op_stats.h"
 #include "ops.h"
 
 namespace lwq {
 
 at::Tensor w8a8_linear(const at::Tensor& x, const PackedWeightPtr& w, double act_scale, int64_t act_zero_point,
                        const c10::optional<at::Tensor>& bias, const std::string& act_dtype) {
+  const LinearOpTimer timer;
   TORCH_CHECK(w, "w8a8_linear: the packed weight is None");
   TORCH_CHECK(w->dtype() == "int8" && w->sym(), "w8a8_linear: the weight must be int8 symmetric, got dtype ",
               w->dtype(), " sym=", w->sym());

@@ -6,6 +6,7 @@
 #include <algorithm>
 
 #include "kernels/dispatch.h"
+#include "op_stats.h"
 #include "ops.h"
 
 namespace lwq {
@@ -67,6 +68,7 @@ KernelInput kernel_input(const char* op, const at::Tensor& x, const PackedWeight
 }
 
 at::Tensor woq_linear(const at::Tensor& x, const PackedWeightPtr& w, const c10::optional<at::Tensor>& bias) {
+  const LinearOpTimer timer;
   TORCH_CHECK(w, "woq_linear: the packed weight is None");
   const KernelInput in = kernel_input("woq_linear", x, *w, bias);
   const kernels::WeightView v = w->view();

@@ -10,11 +10,13 @@
 #include <atomic>
 
 #include "kernels/dispatch.h"
+#include "op_stats.h"
 #include "ops.h"
 
 namespace lwq {
 
 at::Tensor woq_linear_a8(const at::Tensor& x, const PackedWeightPtr& w, const c10::optional<at::Tensor>& bias) {
+  const LinearOpTimer timer;
   TORCH_CHECK(w, "woq_linear_a8: the packed weight is None");
   const kernels::WeightView v = w->view();
   TORCH_CHECK(w->supports_int8_activations(),
