@@ -7,11 +7,11 @@ with RTN: int4 g128 (run exact by woq_linear, and with --compute int8 by woq_lin
 linear is packed, the output head included (--no-default-exclude), so the per-token reads are the packed weights.
 Then, in rounds, for each kernel level, thread count, format and build (interleaved, so a drift of the shared
 machine's load touches every configuration alike):
-  1. the DRAM read bandwidth at that thread count (lwq_bench_kernels --bandwidth: the median of 32 cold 64 MiB
-     read passes),
-  2. `lwq generate --json` of --tokens tokens (greedy) after a prompt of --prompt-tokens tokens (BOS included),
-and prints per configuration the decode tokens/s (median over rounds), the roofline (that bandwidth / the bytes
-read per token: packed weights of every linear + the KV cache at the mean position), the share of it reached, and
+`lwq generate --json` of --tokens tokens (greedy) after a prompt of --prompt-tokens tokens (BOS included). Each
+round starts with the DRAM read bandwidth (lwq_bench_kernels --bandwidth: the median of 32 cold 64 MiB read passes
+at each thread count; the roofline takes the better of the two). Prints per configuration the decode tokens/s
+(median over rounds), the roofline (that bandwidth / the bytes read per token: packed weights of every linear + the
+KV cache at the mean position), the share of it reached, and
 the share of decode time spent outside the packed linear operators (1 - decode_linear_seconds / decode_seconds,
 from the operators' own timer, torch_ops/op_stats.h).
 
@@ -19,7 +19,9 @@ from the operators' own timer, torch_ops/op_stats.h).
         [--threads 1,2] [--levels default,avx_vnni] [--formats int4_g128,int4_g128_a8,int8] [--rounds 3]
         [--json out.json] [--clean]
 
---builds takes several build directories (A,B) to compare builds run by run. --clean deletes the work directory
+--builds takes several build directories (A,B) to compare builds run by run; DIR:SUFFIX makes that build run the
+archives {format}SUFFIX.pt instead (e.g. ones exported before a change of the model definition); missing ones
+are skipped. --clean deletes the work directory
 at the end (it holds ~4 GB of exported weights and ~4 GB of archives for 8 blocks). Needs ../shared/data
 (Mistral-7B-v0.3's config, index and tokenizer, and TinyStories text for the prompt).
 """
@@ -112,8 +114,10 @@ def make_prompt(lwq, tokenizer, n_tokens):
 
 
 def bandwidth(build, threads):
-    out = run([build / "bin" / "lwq_bench_kernels", "--bandwidth", "--threads", threads, "--json"]).stdout
-    return json.loads(out)["dram_read_bandwidth"][str(threads)]["median_gbs"] * 1e9
+    """Median DRAM read bandwidth (bytes/s) at each thread count, one process."""
+    out = run([build / "bin" / "lwq_bench_kernels", "--bandwidth", "--threads", ",".join(map(str, threads)),
+               "--json"]).stdout
+    return {int(t): v["median_gbs"] * 1e9 for t, v in json.loads(out)["dram_read_bandwidth"].items()}
 
 
 def generate(build, archive, tokenizer, prompt, tokens, threads, level):
@@ -146,8 +150,12 @@ def main():
     ap.add_argument("--clean", action="store_true", help="delete --work at the end")
     a = ap.parse_args()
 
-    builds = [(SOURCE / b).resolve() if not pathlib.Path(b).is_absolute() else pathlib.Path(b)
-              for b in a.builds.split(",")]
+    builds, suffix = [], {}
+    for spec in a.builds.split(","):
+        d, _, sfx = spec.partition(":")
+        b = (SOURCE / d).resolve() if not pathlib.Path(d).is_absolute() else pathlib.Path(d)
+        builds.append(b)
+        suffix[b.name] = sfx
     lwq = builds[-1] / "bin" / "lwq"
     threads = [int(t) for t in a.threads.split(",")]
     levels = a.levels.split(",")
@@ -164,19 +172,29 @@ def main():
     loads = [loadavg()]
     t_start = time.time()
     for r in range(a.rounds):
+        # The roofline's bandwidth: the better of the thread counts' medians, measured once a round (on a shared
+        # machine a statically split 2-thread read can fall far below the 1-thread one).
+        bws = bandwidth(builds[-1], threads)
+        bw = max(bws.values())
+        loads.append(loadavg())
+        log(f"round {r + 1}: DRAM read " + ", ".join(f"{v / 1e9:.1f} GB/s at {t}t" for t, v in bws.items()))
         for level in levels:
             for t in threads:
                 for f in formats:
                     for b in builds:
-                        bw = bandwidth(b, t)
-                        g = generate(b, archives[f], exported, prompt, a.tokens, t, level)
+                        archive = archives[f].with_name(f"{f}{suffix[b.name]}.pt")
+                        if not archive.exists():
+                            continue
+                        g = generate(b, archive, exported, prompt, a.tokens, t, level)
                         loads.append(loadavg())
                         results.setdefault((b.name, f, level, t), []).append(
                             {"bandwidth": bw, "tok_s": g["decode_tokens_per_s"], "prompt_tokens": g["prompt_tokens"],
                              "decode_seconds": g["decode_seconds"], "linear_seconds": g["decode_linear_seconds"],
-                             "forwards": g["decode_forwards"], "load": loads[-1]})
+                             "forwards": g["decode_forwards"], "load": loads[-1],
+                             "bandwidth_by_threads": {str(k): v for k, v in bws.items()}})
                         log(f"round {r + 1} {b.name} {f} {level} {t}t: {g['decode_tokens_per_s']:.2f} tok/s, "
-                            f"bw {bw / 1e9:.1f} GB/s, load {loads[-1]:.2f}")
+                            f"outside {1 - g['decode_linear_seconds'] / g['decode_seconds']:.1%}, "
+                            f"load {loads[-1]:.2f}")
 
     rows = []
     header = (f"{'build':<12} {'format':<13} {'level':<9} {'thr':>3} {'tok/s':>7} {'best':>7} {'BW GB/s':>8} "

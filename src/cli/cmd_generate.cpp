@@ -1,5 +1,6 @@
 // `lwq generate`: text from a model, streamed (as llama2.c's run.c prints it for tokenizer.bin); statistics on
 // stderr (or all of it as JSON).
+#include <ATen/Parallel.h>
 #include <nlohmann/json.hpp>
 
 #include <chrono>
@@ -11,6 +12,7 @@
 #include "cli.h"
 #include "lwq/text/generate.h"
 #include "lwq/text/load_model.h"
+#include "work_pool.h"
 
 namespace lwq {
 namespace cli {
@@ -27,6 +29,7 @@ const char* kDescription =
 struct Generate {
   text::GenerateTextConfig config;
   bool json = false;
+  int torch_threads = 1;
   CLI::Option *seed = nullptr, *top_k = nullptr, *top_p = nullptr, *steps = nullptr, *max_tokens = nullptr;
 };
 
@@ -41,6 +44,13 @@ int run(Generate& g) {
   }
   // --max-tokens alone is bounded by the model's positions, not by the default --steps.
   if (g.max_tokens->count() && !g.steps->count()) c.steps = 0;
+  // The packed linears run on --threads, in lwq's own pool; libtorch's own operators (norms, rotary, attention,
+  // float linears through OpenBLAS) on --torch-threads, 1 by default: in a decode step they are microseconds each,
+  // and an OpenMP region with a static split waits for its slowest thread, which on a shared machine is often one
+  // the scheduler has not run yet (milliseconds). Measured on 8 blocks of Mistral-7B, int4, 2 threads:
+  // docs/benchmarks.md, "End-to-end decode".
+  set_linear_op_threads(at::get_num_threads());
+  at::set_num_threads(g.torch_threads);
   lwq::text::keep_freed_memory_in_heap();
   if (!g.seed->count()) {
     const auto now = std::chrono::system_clock::now().time_since_epoch();
@@ -121,6 +131,12 @@ Command add_generate(CLI::App& lwq) {
   app->add_flag_callback("--no-stop-at-eos", [&c] { c.generate.stop_at_eos = false; },
                          "continue after the tokenizer's EOS ids, as run.c does (which stops only at BOS)");
   add_threads_option(*app);
+  app->add_option("--torch-threads", g->torch_threads,
+                  "threads of libtorch's own operators (norms, attention, float linears); --threads sets\n"
+                  "those of lwq's packed linears")
+      ->type_name("N")
+      ->capture_default_str()
+      ->check(number<int>([](int n) { return n >= 1; }, "must be >= 1"));
   add_json_flag(*app, g->json,
                 "{\"text\", \"tokens\", \"prompt_tokens\", \"generated\", \"positions\", \"stop\", \"prefill_seconds\",\n"
                 " \"decode_seconds\", \"decode_forwards\", \"decode_tokens_per_s\", \"decode_linear_seconds\" (of\n"
