@@ -178,9 +178,10 @@ def main():
         bw = max(bws.values())
         loads.append(loadavg())
         log(f"round {r + 1}: DRAM read " + ", ".join(f"{v / 1e9:.1f} GB/s at {t}t" for t, v in bws.items()))
+        # Builds and thread counts innermost: the pairs compared sit next to each other in time.
         for level in levels:
-            for t in threads:
-                for f in formats:
+            for f in formats:
+                for t in threads:
                     for b in builds:
                         archive = archives[f].with_name(f"{f}{suffix[b.name]}.pt")
                         if not archive.exists():
