@@ -1,18 +1,20 @@
 // lwq::w8a8_linear on CPU: validate the static quantization parameters, quantize x per tensor into int16
 // (xq - zp) rows (kernels/w8a8.h), then run the exact integer GEMM over tiles of 8 output channels in parallel.
-#include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <atomic>
 #include <cmath>
 
 #include "kernels/dispatch.h"
+#include "op_stats.h"
 #include "ops.h"
+#include "work_pool.h"
 
 namespace lwq {
 
 at::Tensor w8a8_linear(const at::Tensor& x, const PackedWeightPtr& w, double act_scale, int64_t act_zero_point,
                        const c10::optional<at::Tensor>& bias, const std::string& act_dtype) {
+  const LinearOpTimer timer;
   TORCH_CHECK(w, "w8a8_linear: the packed weight is None");
   TORCH_CHECK(w->dtype() == "int8" && w->sym(), "w8a8_linear: the weight must be int8 symmetric, got dtype ",
               w->dtype(), " sym=", w->sym());
@@ -62,7 +64,8 @@ at::Tensor w8a8_linear(const at::Tensor& x, const PackedWeightPtr& w, double act
   const int32_t zp = static_cast<int32_t>(act_zero_point);
   const kernels::KernelTable& kt = kernels::table();
   std::atomic<bool> has_nan{false};
-  at::parallel_for(0, M, std::max<int64_t>(1, 65536 / std::max<int64_t>(v.K, 1)), [&](int64_t m0, int64_t m1) {
+  const int64_t n_threads = linear_op_threads();
+  parallel_chunks(M, std::max<int64_t>(1, 65536 / std::max<int64_t>(v.K, 1)), n_threads, [&](int64_t m0, int64_t m1) {
     if (!kt.w8a8_quantize(xd + m0 * v.K, m1 - m0, v.K, v.K, act_scale_f, zp, qmin, qmax, dd + m0 * v.K_pad,
                           v.K_pad, rs + m0))
       has_nan = true;
@@ -73,7 +76,8 @@ at::Tensor w8a8_linear(const at::Tensor& x, const PackedWeightPtr& w, double act
   const float* bd = b.defined() ? b.data_ptr<float>() : nullptr;
   float* yd = y.data_ptr<float>();
   // All three kernels give the same bits (exact integer sums, one shared epilogue).
-  at::parallel_for(0, v.N_pad / kernels::kTileN, 1, [&](int64_t t0, int64_t t1) {
+  const int64_t n_tiles = v.N_pad / kernels::kTileN;
+  parallel_chunks(n_tiles, tile_chunk(n_tiles, n_threads), n_threads, [&](int64_t t0, int64_t t1) {
     kt.w8a8_gemm(v, dd, rs, M, v.K_pad, act_scale_f, bd, yd, v.N, t0, t1);
   });
   return y.reshape(out_shape).to(x.scalar_type());

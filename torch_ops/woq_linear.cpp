@@ -1,12 +1,13 @@
 // lwq::woq_linear on CPU: flatten x to [M, in], put it in the weight's internal column order (act-order) and
 // pad it to K_pad, then run the kernel over tiles of 8 output channels in parallel.
-#include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <algorithm>
 
 #include "kernels/dispatch.h"
+#include "op_stats.h"
 #include "ops.h"
+#include "work_pool.h"
 
 namespace lwq {
 
@@ -14,8 +15,8 @@ namespace {
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-// The kernel table's GEMM over all of y. Work items are (row chunk, tile) pairs, row-chunk major, so a thread gets
-// a contiguous run of tiles. Rows are only cut when there are too few tiles to keep every thread busy (small N,
+// The kernel table's GEMM over all of y. Work items are (row chunk, tile) pairs, row-chunk major, handed out in
+// chunks of consecutive items by the operators' pool (work_pool.h), so a thread gets a contiguous run of tiles. Rows are only cut when there are too few tiles to keep every thread busy (small N,
 // large M), and only for a SIMD kernel (the reference computes every output on its own: cutting its rows would
 // only repeat its decoding). The path is chosen from the whole M, and within a path every output is summed in a
 // fixed order, so the bits do not depend on the number of threads.
@@ -23,12 +24,12 @@ void run(kernels::WoqGemmFn gemm, bool cut_rows, const kernels::WeightView& v, c
          const float* bias, float* y) {
   const int64_t n_tiles = v.N_pad / kernels::kTileN;
   const kernels::WoqPath path = kernels::woq_path_for(M);
-  const int64_t n_threads = at::get_num_threads();
+  const int64_t n_threads = linear_op_threads();
   int64_t m_chunk = M;
   if (cut_rows && path == kernels::WoqPath::Blocked && n_threads > 1 && n_tiles < 4 * n_threads)
     m_chunk = std::max<int64_t>(24, kernels::round_up(ceil_div(M, 2 * n_threads), 6));
   const int64_t n_chunks = ceil_div(M, m_chunk);
-  at::parallel_for(0, n_chunks * n_tiles, 1, [&](int64_t i0, int64_t i1) {
+  parallel_chunks(n_chunks * n_tiles, tile_chunk(n_chunks * n_tiles, n_threads), n_threads, [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1;) {
       const int64_t chunk = i / n_tiles, t0 = i % n_tiles;
       const int64_t t1 = std::min(n_tiles, t0 + (i1 - i));
@@ -67,6 +68,7 @@ KernelInput kernel_input(const char* op, const at::Tensor& x, const PackedWeight
 }
 
 at::Tensor woq_linear(const at::Tensor& x, const PackedWeightPtr& w, const c10::optional<at::Tensor>& bias) {
+  const LinearOpTimer timer;
   TORCH_CHECK(w, "woq_linear: the packed weight is None");
   const KernelInput in = kernel_input("woq_linear", x, *w, bias);
   const kernels::WeightView v = w->view();

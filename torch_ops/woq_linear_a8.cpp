@@ -2,7 +2,6 @@
 // 32 columns, multiplied with the integer codes in int32 (kernels/woq_a8.h gives the exact arithmetic and its
 // error bound). Same flattening, act-order gather and padding as woq_linear; work is split over tiles of 8
 // output channels (and over rows when there are few tiles), which never changes an output's bits.
-#include <ATen/Parallel.h>
 #include <c10/util/StringUtil.h>
 #include <torch/library.h>
 
@@ -10,11 +9,14 @@
 #include <atomic>
 
 #include "kernels/dispatch.h"
+#include "op_stats.h"
 #include "ops.h"
+#include "work_pool.h"
 
 namespace lwq {
 
 at::Tensor woq_linear_a8(const at::Tensor& x, const PackedWeightPtr& w, const c10::optional<at::Tensor>& bias) {
+  const LinearOpTimer timer;
   TORCH_CHECK(w, "woq_linear_a8: the packed weight is None");
   const kernels::WeightView v = w->view();
   TORCH_CHECK(w->supports_int8_activations(),
@@ -41,7 +43,8 @@ at::Tensor woq_linear_a8(const at::Tensor& x, const PackedWeightPtr& w, const c1
   int32_t* sd = xsum.data_ptr<int32_t>();
   std::atomic<bool> finite{true};
   const kernels::KernelTable& kt = kernels::table();
-  at::parallel_for(0, M, std::max<int64_t>(1, 65536 / v.K_pad), [&](int64_t m0, int64_t m1) {
+  const int64_t n_threads = linear_op_threads();
+  parallel_chunks(M, std::max<int64_t>(1, 65536 / v.K_pad), n_threads, [&](int64_t m0, int64_t m1) {
     if (!kt.woq_a8_quantize(v, blocks, xd + m0 * v.K_pad, m1 - m0, v.K_pad, xqd + m0 * v.K_pad, dd + m0 * n_blocks,
                             sd + m0 * n_blocks))
       finite = false;
@@ -51,15 +54,14 @@ at::Tensor woq_linear_a8(const at::Tensor& x, const PackedWeightPtr& w, const c1
 
   const float* bd = b.defined() ? b.data_ptr<float>() : nullptr;
   float* yd = y.data_ptr<float>();
-  // Work items are (row chunk, tile) pairs, row-chunk major; rows are cut only when there are too few tiles to
-  // keep every thread busy.
+  // Work items are (row chunk, tile) pairs, row-chunk major, in chunks from the operators' pool (work_pool.h);
+  // rows are cut only when there are too few tiles to keep every thread busy.
   const int64_t n_tiles = v.N_pad / kernels::kTileN;
-  const int64_t n_threads = at::get_num_threads();
   int64_t m_chunk = M;
   if (n_threads > 1 && M >= 8 && n_tiles < 4 * n_threads)
     m_chunk = std::max<int64_t>(4, kernels::round_up((M + 2 * n_threads - 1) / (2 * n_threads), 4));
   const int64_t n_chunks = (M + m_chunk - 1) / m_chunk;
-  at::parallel_for(0, n_chunks * n_tiles, 1, [&](int64_t i0, int64_t i1) {
+  parallel_chunks(n_chunks * n_tiles, tile_chunk(n_chunks * n_tiles, n_threads), n_threads, [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1;) {
       const int64_t chunk = i / n_tiles, t0 = i % n_tiles;
       const int64_t t1 = std::min(n_tiles, t0 + (i1 - i));

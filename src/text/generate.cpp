@@ -8,6 +8,7 @@
 
 #include "lwq/text/llama2c_tokenizer.h"
 #include "lwq/text/load_model.h"
+#include "op_stats.h"
 
 namespace lwq {
 namespace text {
@@ -224,9 +225,11 @@ GenerateResult generate(torch::jit::Module& model, const std::vector<int64_t>& p
       break;
     }
     ids = at::full({1, 1}, next, at::kLong);
+    const LinearOpStats linear_before = linear_op_stats();
     t = Clock::now();
     logits = cached_logits(forward_cached, ids, pos, cache);
     result.decode_seconds += seconds_since(t);
+    result.decode_linear_seconds += linear_op_stats().seconds - linear_before.seconds;
     ++result.decode_forwards;
     ++pos;
     prev = next;

@@ -89,6 +89,7 @@ def test_generate_json_gives_the_facts_of_the_text(tiny, ref):
         in text.stderr
     assert got["prompt_tokens"] >= 1 and len(got["tokens"]) >= got["generated"] > 0 and "seed" not in got
     assert got["decode_tokens_per_s"] > 0 and got["decode_forwards"] > 0
+    assert 0 <= got["decode_linear_seconds"] <= got["decode_seconds"]
 
 
 def test_seq_len_has_one_spelling_and_the_old_alias(tiny):

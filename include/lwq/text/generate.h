@@ -58,6 +58,9 @@ struct GenerateResult {
   double prefill_seconds = 0;   // the prompt's forward_cached
   double decode_seconds = 0;    // the one-token forward_cached calls after it
   int64_t decode_forwards = 0;
+  // Of decode_seconds, the time inside lwq's packed linear operators (op_stats.h): the rest is everything else of
+  // the forward (norms, attention, rotary, float linears such as an unquantized head, the interpreter).
+  double decode_linear_seconds = 0;
   double decode_tokens_per_s() const { return decode_seconds > 0 ? decode_forwards / decode_seconds : 0.0; }
 };
 
