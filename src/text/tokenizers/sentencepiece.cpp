@@ -16,7 +16,7 @@ void lwq_spm_free(void*);
 void lwq_spm_info(void*, int64_t*, int64_t*, int64_t*, int64_t*);
 int64_t lwq_spm_piece_id(void*, const std::string*);
 bool lwq_spm_encode(void*, const std::string*, std::vector<int>*, std::string*);
-void lwq_spm_decode(void*, const std::vector<int>*, std::string*);
+bool lwq_spm_decode(void*, const std::vector<int>*, std::string*, std::string*);
 }
 #endif
 
@@ -33,7 +33,7 @@ struct Api {
   void (*info)(void*, int64_t*, int64_t*, int64_t*, int64_t*) = nullptr;
   int64_t (*piece_id)(void*, const std::string*) = nullptr;
   bool (*encode)(void*, const std::string*, std::vector<int>*, std::string*) = nullptr;
-  void (*decode)(void*, const std::vector<int>*, std::string*) = nullptr;
+  bool (*decode)(void*, const std::vector<int>*, std::string*, std::string*) = nullptr;
 };
 
 #ifdef LWQ_SENTENCEPIECE_LINKED
@@ -129,8 +129,8 @@ std::string SentencePieceTokenizer::decode(const std::vector<int64_t>& ids) cons
     TORCH_CHECK(id >= 0 && id < pieces_, "tokenizer ", source_, ": id ", id, " is outside the vocabulary of ", pieces_);
     narrow.push_back(static_cast<int>(id));
   }
-  std::string text;
-  api().decode(sp_, &narrow, &text);
+  std::string text, error;
+  TORCH_CHECK(api().decode(sp_, &narrow, &text, &error), "tokenizer ", source_, ": cannot decode (", error, ")");
   return text;
 }
 

@@ -6,22 +6,35 @@
 // out of the global scope.
 #include <sentencepiece_processor.h>
 
+#include <cctype>
 #include <cstdint>
+#include <exception>
+#include <memory>
 #include <string>
 #include <vector>
 
 extern "C" {
 
+// No C++ exception may leave these functions (they are reached through dlsym, as C): libsentencepiece throws from
+// inside LoadFromSerializedProto on some malformed models (darts_clone: "zero-length key"), which also leaked the
+// processor (found by fuzz/sentencepiece_model under LeakSanitizer).
+
 // A processor from a serialized model, or nullptr with the library's message in *error.
 void* lwq_spm_load(const std::string* model, std::string* error) {
-  auto* sp = new sentencepiece::SentencePieceProcessor();
-  const sentencepiece::util::Status status = sp->LoadFromSerializedProto(*model);
-  if (!status.ok()) {
-    *error = status.ToString();
-    delete sp;
-    return nullptr;
+  try {
+    auto sp = std::make_unique<sentencepiece::SentencePieceProcessor>();
+    const sentencepiece::util::Status status = sp->LoadFromSerializedProto(*model);
+    if (!status.ok()) {
+      *error = status.ToString();
+      return nullptr;
+    }
+    return sp.release();
+  } catch (const std::exception& e) {
+    *error = e.what();
+  } catch (...) {
+    *error = "an unknown error inside libsentencepiece";
   }
-  return sp;
+  return nullptr;
 }
 
 void lwq_spm_free(void* sp) { delete static_cast<sentencepiece::SentencePieceProcessor*>(sp); }
@@ -37,31 +50,54 @@ void lwq_spm_info(void* sp, int64_t* pieces, int64_t* bos, int64_t* eos, int64_t
 
 // The id of a piece, or -1 when it is not one (PieceToId itself gives the unk id).
 int64_t lwq_spm_piece_id(void* sp, const std::string* piece) {
-  auto* p = static_cast<sentencepiece::SentencePieceProcessor*>(sp);
-  const int id = p->PieceToId(*piece);
-  return id == p->unk_id() && p->IdToPiece(id) != *piece ? -1 : id;
+  try {
+    auto* p = static_cast<sentencepiece::SentencePieceProcessor*>(sp);
+    const int id = p->PieceToId(*piece);
+    return id == p->unk_id() && p->IdToPiece(id) != *piece ? -1 : id;
+  } catch (...) {
+    return -1;
+  }
 }
 
 bool lwq_spm_encode(void* sp, const std::string* text, std::vector<int>* ids, std::string* error) {
-  const sentencepiece::util::Status status =
-      static_cast<sentencepiece::SentencePieceProcessor*>(sp)->Encode(*text, ids);
-  if (!status.ok()) *error = status.ToString();
-  return status.ok();
+  try {
+    const sentencepiece::util::Status status =
+        static_cast<sentencepiece::SentencePieceProcessor*>(sp)->Encode(*text, ids);
+    if (!status.ok()) *error = status.ToString();
+    return status.ok();
+  } catch (const std::exception& e) {
+    *error = e.what();
+  } catch (...) {
+    *error = "an unknown error inside libsentencepiece";
+  }
+  return false;
 }
 
 // SentencePiece's text of `ids` (valid ids), except that byte pieces give their raw bytes: the library turns bytes
 // that are not (yet) UTF-8 into U+FFFD, which would spoil a character split over tokens while streaming.
-void lwq_spm_decode(void* sp, const std::vector<int>* ids, std::string* text) {
-  auto* p = static_cast<sentencepiece::SentencePieceProcessor*>(sp);
-  const sentencepiece::ImmutableSentencePieceText pieces = p->DecodeIdsAsImmutableProto(*ids);
-  for (const auto& piece : pieces.pieces()) {
-    const int id = static_cast<int>(piece.id());
-    if (p->IsByte(id)) {
-      *text += static_cast<char>(std::stoi(p->IdToPiece(id).substr(3, 2), nullptr, 16));  // "<0xNN>"
-    } else {
-      *text += piece.surface();
+bool lwq_spm_decode(void* sp, const std::vector<int>* ids, std::string* text, std::string* error) {
+  try {
+    auto* p = static_cast<sentencepiece::SentencePieceProcessor*>(sp);
+    const sentencepiece::ImmutableSentencePieceText pieces = p->DecodeIdsAsImmutableProto(*ids);
+    for (const auto& piece : pieces.pieces()) {
+      const int id = static_cast<int>(piece.id());
+      const std::string name = p->IsByte(id) ? p->IdToPiece(id) : std::string();
+      const bool hex = name.size() == 6 && name.compare(0, 3, "<0x") == 0 && name[5] == '>' &&
+                       std::isxdigit(static_cast<unsigned char>(name[3])) &&
+                       std::isxdigit(static_cast<unsigned char>(name[4]));
+      if (hex) {
+        *text += static_cast<char>(std::stoi(name.substr(3, 2), nullptr, 16));  // "<0xNN>"
+      } else {
+        *text += piece.surface();  // a byte piece of an edited model without the <0xNN> name: its surface
+      }
     }
+    return true;
+  } catch (const std::exception& e) {
+    *error = e.what();
+  } catch (...) {
+    *error = "an unknown error inside libsentencepiece";
   }
+  return false;
 }
 
 }  // extern "C"
