@@ -16,9 +16,9 @@ namespace {
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 // The kernel table's GEMM over all of y. Work items are (row chunk, tile) pairs, row-chunk major, handed out in
-// chunks of consecutive items by the operators' pool (work_pool.h), so a thread gets a contiguous run of tiles. Rows are only cut when there are too few tiles to keep every thread busy (small N,
-// large M), and only for a SIMD kernel (the reference computes every output on its own: cutting its rows would
-// only repeat its decoding). The path is chosen from the whole M, and within a path every output is summed in a
+// chunks of consecutive items by the operators' pool (work_pool.h), so a thread gets a contiguous run of tiles.
+// Rows are only cut when there are too few tiles to keep every thread busy (small N, large M), and only for a SIMD
+// kernel (the reference computes every output on its own: cutting its rows would only repeat its decoding). The path is chosen from the whole M, and within a path every output is summed in a
 // fixed order, so the bits do not depend on the number of threads.
 void run(kernels::WoqGemmFn gemm, bool cut_rows, const kernels::WeightView& v, const float* x, int64_t M,
          const float* bias, float* y) {

@@ -29,7 +29,37 @@ def _check_compute(compute: str, dtype: str) -> None:
                          f"got {dtype}")
 
 
-class QuantLinear(torch.nn.Module):
+class _PackedLinear(torch.nn.Module):
+    """What every lwq linear holds: the packed weight, its shape, an optional bias and an optional input scale
+    (x * input_scale before the product: per-input-channel AWQ, TEQ or SmoothQuant scales that were not folded into
+    the layer that produces x)."""
+
+    def __init__(self, packed, bias: Optional[torch.Tensor], input_scale: Optional[torch.Tensor]):
+        super().__init__()
+        self.in_features = packed.in_features()
+        self.out_features = packed.out_features()
+        self.packed = packed
+        if bias is not None and bias.shape != (self.out_features,):
+            raise ValueError(f"bias has shape {tuple(bias.shape)}, expected ({self.out_features},)")
+        self.bias = None if bias is None else torch.nn.Parameter(bias.detach().float().clone(), requires_grad=False)
+        if input_scale is not None:
+            if input_scale.shape != (self.in_features,):
+                raise ValueError(f"input_scale has shape {tuple(input_scale.shape)}, expected ({self.in_features},)")
+            if not torch.isfinite(input_scale).all():
+                raise ValueError("input_scale holds NaN or Inf")
+            input_scale = input_scale.detach().float().clone()
+        self.input_scale = input_scale
+
+    def _scaled(self, x: torch.Tensor) -> torch.Tensor:
+        if self.input_scale is not None:  # None: TorchScript compiles the multiply away
+            x = x * self.input_scale
+        return x
+
+    def _scale_repr(self) -> str:
+        return ", input_scale" if self.input_scale is not None else ""
+
+
+class QuantLinear(_PackedLinear):
     """y = x @ W.T + bias with W held as an lwq PackedWeight. compute="fp32" calls torch.ops.lwq.woq_linear (exact);
     compute="int8" calls torch.ops.lwq.woq_linear_a8, which rounds x to int8 per 32 columns (faster at batch 1:
     about 2x on AVX2-only CPUs, less where AVX-512 already speeds up the exact path; int8/int4/int4_fullrange
@@ -38,77 +68,43 @@ class QuantLinear(torch.nn.Module):
 
     def __init__(self, packed, bias: Optional[torch.Tensor] = None, compute: str = "fp32",
                  input_scale: Optional[torch.Tensor] = None):
-        super().__init__()
         _check_compute(compute, packed.dtype())
+        super().__init__(packed, bias, input_scale)
         self.int8_activations = compute == "int8"
-        self.in_features = packed.in_features()
-        self.out_features = packed.out_features()
-        self.packed = packed
-        self.bias = _bias_parameter(bias, self.out_features)
-        # x * input_scale before the product: per-input-channel scales (AWQ, TEQ) that were not folded into the layer
-        # that produces x.
-        self.input_scale = _input_scale(input_scale, self.in_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.input_scale is not None:
-            x = x * self.input_scale
+        x = self._scaled(x)
         if self.int8_activations:
             return torch.ops.lwq.woq_linear_a8(x, self.packed, self.bias)
         return torch.ops.lwq.woq_linear(x, self.packed, self.bias)
 
     def extra_repr(self) -> str:
-        return (self.packed.describe() + (", compute=int8" if self.int8_activations else "")
-                + (", input_scale" if self.input_scale is not None else ""))
+        return self.packed.describe() + (", compute=int8" if self.int8_activations else "") + self._scale_repr()
 
 
-class W8A8Linear(torch.nn.Module):
+class W8A8Linear(_PackedLinear):
     """Static W8A8: y = x @ W.T + bias through torch.ops.lwq.w8a8_linear, x quantized per tensor with a calibrated
     scale and zero point (act_dtype "uint8" or "int8"), W int8 symmetric per output channel. input_scale, when
     given, multiplies x first (SmoothQuant scales that were not folded into the producer of x)."""
 
     def __init__(self, packed, act_scale: float, act_zero_point: int, act_dtype: str = "uint8",
                  bias: Optional[torch.Tensor] = None, input_scale: Optional[torch.Tensor] = None):
-        super().__init__()
         if packed.dtype() != "int8" or not packed.sym() or packed.group_size() != -1:
             raise ValueError(f"W8A8 weights are int8, symmetric, per output channel; got {packed.describe()}")
         if act_dtype not in ("uint8", "int8"):
             raise ValueError(f"act_dtype must be 'uint8' or 'int8', got {act_dtype!r}")
-        self.in_features = packed.in_features()
-        self.out_features = packed.out_features()
-        self.packed = packed
+        super().__init__(packed, bias, input_scale)
         self.act_scale = float(act_scale)
         self.act_zero_point = int(act_zero_point)
         self.act_dtype = act_dtype
-        self.bias = _bias_parameter(bias, self.out_features)
-        self.input_scale = _input_scale(input_scale, self.in_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.input_scale is not None:
-            x = x * self.input_scale
-        return torch.ops.lwq.w8a8_linear(x, self.packed, self.act_scale, self.act_zero_point, self.bias,
+        return torch.ops.lwq.w8a8_linear(self._scaled(x), self.packed, self.act_scale, self.act_zero_point, self.bias,
                                          self.act_dtype)
 
     def extra_repr(self) -> str:
         return (f"{self.packed.describe()}, act {self.act_dtype} scale={self.act_scale:g} "
-                f"zero_point={self.act_zero_point}" + (", input_scale" if self.input_scale is not None else ""))
-
-
-def _bias_parameter(bias: Optional[torch.Tensor], out_features: int) -> Optional[torch.nn.Parameter]:
-    if bias is None:
-        return None
-    if bias.shape != (out_features,):
-        raise ValueError(f"bias has shape {tuple(bias.shape)}, expected ({out_features},)")
-    return torch.nn.Parameter(bias.detach().float().clone(), requires_grad=False)
-
-
-def _input_scale(scale: Optional[torch.Tensor], in_features: int) -> Optional[torch.Tensor]:
-    if scale is None:
-        return None
-    if scale.shape != (in_features,):
-        raise ValueError(f"input_scale has shape {tuple(scale.shape)}, expected ({in_features},)")
-    if not torch.isfinite(scale).all():
-        raise ValueError("input_scale holds NaN or Inf")
-    return scale.detach().float().clone()
+                f"zero_point={self.act_zero_point}" + self._scale_repr())
 
 
 def _with_fp16_scales(weight: torch.Tensor, packed):

@@ -16,6 +16,7 @@
 #include "lwq/io/module_file.h"
 #include "lwq/io/output_path.h"
 #include "lwq/model/surgery.h"
+#include "qscheme.h"  // check_finite
 
 #include <torch/csrc/jit/ir/constants.h>
 
@@ -81,12 +82,12 @@ std::map<TypeAttr, TypeCall> packed_calls(const torch::jit::Module& root, const 
   for (const auto& item : root.named_modules()) {
     if (!seen_types.insert(item.value.type().get()).second) continue;
     for (const auto& method : item.value.get_methods()) {
-      std::vector<torch::jit::Block*> todo{method.graph()->block()};
-      while (!todo.empty()) {
-        torch::jit::Block* b = todo.back();
-        todo.pop_back();
+      std::vector<torch::jit::Block*> blocks{method.graph()->block()};  // if/loop bodies included
+      while (!blocks.empty()) {
+        torch::jit::Block* b = blocks.back();
+        blocks.pop_back();
         for (torch::jit::Node* n : b->nodes()) {
-          for (torch::jit::Block* sub : n->blocks()) todo.push_back(sub);
+          for (torch::jit::Block* sub : n->blocks()) blocks.push_back(sub);
           if (n->kind() != woq && n->kind() != woq_a8 && n->kind() != w8a8) continue;
           const torch::jit::Node* src = n->input(1)->node();
           while (src->kind() == c10::prim::unchecked_cast) src = src->input(0)->node();
@@ -607,8 +608,7 @@ ImportResult import_checkpoint(const ImportConfig& config) {
         TORCH_CHECK(p.input_scale.dim() == 1 && p.input_scale.size(0) == info.in_features, "import: ", ckpt,
                     ": tensor '", scale_name, "' has shape ", p.input_scale.sizes(), ", expected [", info.in_features,
                     "]");
-        TORCH_CHECK(at::isfinite(p.input_scale).all().item<bool>(), "import: ", ckpt, ": tensor '", scale_name,
-                    "' holds NaN or Inf");
+        check_finite(p.input_scale, "import: " + ckpt + ": tensor '" + scale_name + "'");
       } else {
         TORCH_CHECK(!store.contains(scale_name), "import: ", ckpt, ": the file has '", scale_name, "' but layer '",
                     prefix, "' has no \"input_scale\" in the metadata (an edited file?)");
